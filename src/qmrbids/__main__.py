@@ -1,0 +1,5 @@
+import sys
+
+from qmrbids.cli import main
+
+sys.exit(main())

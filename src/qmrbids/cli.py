@@ -1,0 +1,131 @@
+"""The ``qmrbids`` command line: parse, call the library, render, set the exit code.
+
+Exit codes: 0 success, 1 the data has errors, 2 the command was used wrongly or could not run.
+Every failure is one line on stderr, ``qmrbids: error: ...``; never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from qmrbids import __version__
+
+app = typer.Typer(
+    name="qmrbids",
+    help="Vendor DICOM to quantitative-MRI BIDS: convert, de-identify, validate, fit and check quality.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class UsageFailure(Exception):
+    """A problem with how the command was used or with its output location (exit code 2)."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"qmrbids {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Vendor DICOM to quantitative-MRI BIDS: convert, de-identify, validate, fit and check quality."""
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=err, disable=quiet or not err.is_terminal, transient=True,
+    )
+
+
+def _b1_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise UsageFailure(f"--b1-range must be LOW,HIGH (e.g. 0.8,1.2), not {text!r}") from None
+    return low, high
+
+
+@app.command()
+def phantom(
+    output_dir: Annotated[Path, typer.Argument(help="Folder to write dicom/ and truth/ into.")],
+    vendor: Annotated[str, typer.Option(help="Vendor style: siemens, ge or philips.")] = "siemens",
+    protocol: Annotated[
+        list[str] | None, typer.Option(help="Protocol to write (repeatable; default all).")
+    ] = None,
+    snr: Annotated[float, typer.Option(help="Signal-to-noise ratio of water M0; 0 = noise-free.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
+    matrix: Annotated[int, typer.Option(help="In-plane matrix size.")] = 64,
+    slices: Annotated[int, typer.Option(help="Number of slices.")] = 4,
+    b1_range: Annotated[str, typer.Option(help="B1+ scale LOW,HIGH varying across x.")] = "1,1",
+    field_strength: Annotated[float, typer.Option(help="Field strength in tesla: 1.5 or 3.")] = 3.0,
+    patient_id: Annotated[str, typer.Option(help="PatientID written into the DICOM.")] = "PHANTOM",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Write a digital phantom: qMRI DICOM with known truth.
+
+    Vendor-style series (classic MR Image Storage, one file per slice) for each protocol go to
+    OUTPUT_DIR/dicom; the true parameter maps, a label image and truth/phantom.json, which
+    documents every series and its pixel encoding, go to OUTPUT_DIR/truth.
+    """
+    from qmrbids.phantom import PROTOCOLS, PhantomError, PhantomSettings, write_phantom
+
+    try:
+        settings = PhantomSettings(
+            vendor=vendor.lower(), protocols=tuple(protocol or PROTOCOLS), snr=snr, seed=seed, matrix=matrix,
+            slices=slices, b1_range=_b1_range(b1_range), field_strength=field_strength, patient_id=patient_id,
+        ).checked()
+        start = time.perf_counter()
+        with _progress(quiet) as progress:
+            task = progress.add_task("phantom", total=len(settings.protocols) + 1)
+            result = write_phantom(output_dir, settings, on_step=lambda name: progress.advance(task))
+    except PhantomError as error:
+        raise UsageFailure(str(error)) from None
+    if not quiet:
+        err.print(
+            f"qmrbids: wrote {len(result.series)} series ({result.files} files, {settings.vendor}, "
+            f"{settings.field_strength:g} T) and truth maps to {output_dir} in {time.perf_counter() - start:.1f} s"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: run the app and turn every failure into one line and an exit code."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="qmrbids", standalone_mode=False)
+    except typer.Exit as done:
+        return done.exit_code
+    except UsageFailure as error:
+        err.print(f"qmrbids: error: {error}", markup=False)
+        return 2
+    except typer.TyperException as error:  # typer's usage errors (bad option values, unknown commands)
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        if type(error).__name__ == "NoArgsIsHelpError":
+            typer.echo(message)
+        else:
+            err.print(f"qmrbids: error: {' '.join(message.split())}", markup=False)
+        return 2
+    except (KeyboardInterrupt, typer.Abort):
+        err.print("qmrbids: interrupted; nothing partial was left behind", markup=False)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

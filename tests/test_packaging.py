@@ -1,0 +1,34 @@
+"""The wheel ships the data folders, and the code finds them through importlib.resources."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from qmrbids.resources import DATA_FOLDERS, data_path, package_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_contains_code_and_every_data_folder(tmp_path):
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("qmrbids-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for folder in DATA_FOLDERS:
+        shipped = {n for n in names if n.startswith(f"qmrbids/_data/{folder}/")}
+        in_tree = {f"qmrbids/_data/{p.relative_to(ROOT).as_posix()}" for p in (ROOT / folder).rglob("*") if p.is_file()}
+        assert in_tree and in_tree <= shipped, f"{folder}: missing {sorted(in_tree - shipped)}"
+    for name in ("object.yaml", "protocols.yaml", "vendors.yaml"):
+        assert f"qmrbids/phantom/{name}" in names
+    assert any(n.endswith("entry_points.txt") for n in names)
+
+
+def test_data_paths_resolve_to_existing_files():
+    assert data_path("validators", "references", "references.yaml").is_file()
+    assert package_file("phantom", "protocols.yaml").is_file()
