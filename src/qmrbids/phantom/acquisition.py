@@ -9,7 +9,7 @@ with sigma = 1/SNR of the water M0, added before magnitudes are taken (so magnit
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -53,7 +53,6 @@ class Series:
     kind: str
     volumes: list[Volume]
     acquisition: dict
-    vendor_labels: dict = field(default_factory=dict)
 
     @property
     def parts(self) -> list[str]:
@@ -87,10 +86,7 @@ def simulate_protocol(name: str, truth: Truth, snr: float, seed: int) -> list[Se
     out: list[Series] = []
 
     def series(entry: dict, volumes: list[Volume], extra: dict | None = None) -> Series:
-        common = {k: v for k, v in acq.items()}
-        common.update(extra or {})
-        labels = {k: v for k, v in entry.items() if k in ("siemens", "ge", "philips")}
-        return Series(name, entry["label"], spec["kind"], volumes, common, labels)
+        return Series(name, entry["label"], spec["kind"], volumes, {**acq, **(extra or {})})
 
     signal = spec["signal"]
     if signal == "spgr":

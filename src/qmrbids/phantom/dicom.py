@@ -114,8 +114,7 @@ def series_schedule(vendor: str, grid: Grid) -> dict[tuple[str, str, str], tuple
 
 def _names(vendor: str, series: Series) -> tuple[str, str]:
     spec = vendor_definitions()[vendor]
-    label = series.vendor_labels.get(vendor, series.label)
-    fields = {"protocol": series.protocol, "label": label}
+    fields = {"protocol": series.protocol, "label": series.label}
     description = getattr(spec["description"].format(**fields), spec["case"])()
     protocol_name = getattr(spec["protocol_name"].format(**fields), spec["case"])()
     clean = re.compile(r"[^A-Za-z0-9_ ]")
@@ -197,6 +196,7 @@ class SeriesWriter:
         self.root = root
         self.spec = vendor_definitions()[study.vendor]
         self.kinds = vendor_definitions()["kinds"]
+        self._cached_header: tuple[int, bytes] = (-1, b"")
 
     # -- per-series attributes ------------------------------------------------------------
     def _series_attributes(self, plan: SeriesPlan, series_time: datetime) -> dict:
@@ -366,7 +366,13 @@ class SeriesWriter:
         csa.add_new(0x10, "OB", encode_csa2(image))
         csa.add_new(0x18, "CS", "MR")
         csa.add_new(0x19, "LO", "20100114")
-        csa.add_new(0x20, "OB", self._siemens_series_header(plan))
+        csa.add_new(0x20, "OB", self._series_header(plan))
+
+    def _series_header(self, plan: SeriesPlan) -> bytes:
+        """The Siemens CSA series header of a series (the same bytes for all its files)."""
+        if self._cached_header[0] != plan.number:
+            self._cached_header = (plan.number, self._siemens_series_header(plan))
+        return self._cached_header[1]
 
     def _siemens_series_header(self, plan: SeriesPlan) -> bytes:
         series, g = plan.series, self.study.grid

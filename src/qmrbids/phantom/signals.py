@@ -95,8 +95,9 @@ def mp2rage(m0, t1, t2star, b1, *, tr_prep, tr_exc, n_shots, inversion_times, fl
     ta = ti1 - before * tr_exc
     tb = ti2 - ti1 - n * tr_exc
     tc = tr_prep - ti2 - (n - before) * tr_exc
-    if min(ta, tb, tc) < 0:
+    if min(ta, tb, tc) < -1e-9:  # a rounding error below a nanosecond is no overlap
         raise ValueError("MP2RAGE timing is impossible: TA, TB and TC must be >= 0")
+    ta, tb, tc = max(ta, 0.0), max(tb, 0.0), max(tc, 0.0)
     a1, a2 = (np.deg2rad(f) * b1 for f in flip_degs)
     inversion = (-efficiency * np.ones_like(t1), np.zeros_like(t1))
     to_centre_1 = _compose(_compose(inversion, _affine_relax(ta, t1, m0)), _affine_block(before, a1, tr_exc, t1, m0))
