@@ -1,0 +1,120 @@
+"""``convert``: the whole DICOM -> qMRI-BIDS step as one library call (the CLI only renders it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+
+from qmrbids.convert.config import StudyConfig
+from qmrbids.convert.dataset import write_dataset_files
+from qmrbids.convert.plan import PlannedSeries, plan
+from qmrbids.convert.run import STATE_DIR, SeriesResult, convert_series, dataset_key, dcm2niix_version
+from qmrbids.dicom.classify import classify
+from qmrbids.dicom.scan import scan
+from qmrbids.dicom.series import series_table
+from qmrbids.parallel import map_unordered
+
+
+@dataclass
+class SeriesReport:
+    subject: str
+    session: str
+    series_number: int
+    description: str
+    files: int
+    classification: str
+    rule: str
+    evidence: str
+    targets: list[str]
+    status: str  # planned | converted | up-to-date | skipped | failed
+    reason: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConvertReport:
+    bids_dir: str
+    dry_run: bool
+    files_scanned: int = 0
+    non_dicom_skipped: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    series: list[SeriesReport] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[SeriesReport]:
+        return [s for s in self.series if s.status == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed or self.unreadable else 0
+
+    def to_dict(self) -> dict:
+        counts: dict[str, int] = {}
+        for s in self.series:
+            counts[s.status] = counts.get(s.status, 0) + 1
+        return {"bids_dir": self.bids_dir, "dry_run": self.dry_run, "files_scanned": self.files_scanned,
+                "non_dicom_skipped": self.non_dicom_skipped, "unreadable": self.unreadable,
+                "summary": counts, "series": [asdict(s) for s in self.series]}
+
+
+def _classification_text(p: PlannedSeries) -> str:
+    c = p.classification
+    if not c.converted:
+        return "skip"
+    entities = "".join(f"_{k}-{v}" for k, v in c.entities.items())
+    return f"{c.datatype}/{c.suffix}{entities}"
+
+
+def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = None, *, subject: str | None = None,
+            session: str | None = None, jobs: int | None = None, dry_run: bool = False, overwrite: bool = False,
+            on_scan: Callable[[int], None] | None = None,
+            on_series: Callable[[SeriesResult], None] | None = None,
+            on_planned: Callable[[int], None] | None = None) -> ConvertReport:
+    """Scan, classify, plan and (unless ``dry_run``) convert ``sources`` into the BIDS dataset ``bids_dir``."""
+    config = config or StudyConfig()
+    jobs = jobs or os.cpu_count() or 1
+    bids_dir = Path(bids_dir)
+    scanned = scan([Path(s) for s in sources], jobs=jobs, on_progress=on_scan)
+    report = ConvertReport(str(bids_dir), dry_run, len(scanned.files) + scanned.skipped_non_dicom,
+                           scanned.skipped_non_dicom, [str(e) for e in scanned.errors["error"]])
+    table = series_table(scanned.files)
+    classes = classify(table, config.rules) if len(table) else {}
+    planned = plan(table, classes, config, subject, session) if len(table) else []
+    entries = {}
+    for p in planned:
+        entries[p.uid] = SeriesReport(
+            p.subject, p.session, int(p.series["SeriesNumber"]), p.series["SeriesDescription"],
+            int(p.series["n_files"]), _classification_text(p), p.classification.rule, p.classification.evidence,
+            [f"{o.stem}.nii.gz" for o in p.outputs], "planned" if p.converted else "skipped",
+            p.classification.skip_reason)
+    report.series = list(entries.values())
+    todo = [p for p in planned if p.converted]
+    if on_planned:
+        on_planned(len(todo))
+    if dry_run or not todo:
+        return report
+    bids_dir.mkdir(parents=True, exist_ok=True)
+    key = dataset_key(bids_dir)
+    versions = {"dcm2niix": dcm2niix_version()}
+    (bids_dir / STATE_DIR).mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="tmp-", dir=bids_dir / STATE_DIR))
+    try:
+        def work(p: PlannedSeries) -> SeriesResult:
+            return convert_series(p, bids_dir, staging, config, key, versions, overwrite)
+
+        for result in map_unordered(work, todo, jobs):
+            entry = entries[result.uid]
+            entry.status = result.status
+            entry.reason = result.message
+            entry.warnings = result.warnings
+            if on_series:
+                on_series(result)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_dataset_files(bids_dir, config, versions["dcm2niix"], date.today().isoformat())
+    return report

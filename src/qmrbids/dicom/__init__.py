@@ -1,0 +1,1 @@
+"""DICOM side of qmrbids: header-only scanning, series grouping and classification."""
