@@ -6,14 +6,18 @@ Every failure is one line on stderr, ``qmrbids: error: ...``; never a traceback.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from qmrbids import __version__
 
@@ -102,6 +106,85 @@ def phantom(
             f"qmrbids: wrote {len(result.series)} series ({result.files} files, {settings.vendor}, "
             f"{settings.field_strength:g} T) and truth maps to {output_dir} in {time.perf_counter() - start:.1f} s"
         )
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _render_convert(report, output_format: OutputFormat) -> None:
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    out = Console(highlight=False, width=max(200, Console().width))
+    table = Table(title=("Conversion plan (dry run: nothing written)" if report.dry_run else "Conversion"),
+                  box=box.SIMPLE, expand=False)
+    for column in ("sub/ses", "series", "description", "files", "classification", "target", "status / reason"):
+        table.add_column(column, overflow="fold")
+    for s in report.series:
+        target = s.targets[0] + (f" (+{len(s.targets) - 1})" if len(s.targets) > 1 else "") if s.targets else ""
+        status = s.status if not s.reason else f"{s.status}: {s.reason}"
+        table.add_row(f"{s.subject}/{s.session or '-'}", str(s.series_number), s.description, str(s.files),
+                      s.classification, target, status)
+    out.print(table)
+    if report.dry_run:
+        for s in report.series:
+            out.print(f"series {s.series_number} {s.description!r}: {s.evidence}", markup=False)
+    for message in report.unreadable:
+        err.print(f"qmrbids: error: {message}", markup=False)
+    for s in report.series:
+        for warning in s.warnings:
+            err.print(f"qmrbids: warning: {warning}", markup=False)
+        if s.status == "failed":
+            err.print(f"qmrbids: error: {s.reason}", markup=False)
+    counts = report.to_dict()["summary"]
+    err.print(f"qmrbids: {report.files_scanned} files scanned ({report.non_dicom_skipped} not DICOM, "
+              f"{len(report.unreadable)} unreadable); series: "
+              + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())), markup=False)
+
+
+@app.command()
+def convert(
+    sources: Annotated[list[Path], typer.Argument(help="DICOM folders, files, .zip/.tar archives or .dcm.gz files.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="BIDS dataset folder to write.")],
+    config: Annotated[Path | None, typer.Option(help="Study config (YAML): labels, rules, metadata.")] = None,
+    subject: Annotated[str | None, typer.Option(help="Subject label for every series.")] = None,
+    session: Annotated[str | None, typer.Option(help="Session label for every series.")] = None,
+    jobs: Annotated[int | None, typer.Option(help="Parallel jobs (default: number of cores).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace conflicting targets.")] = False,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="Report format.")] = OutputFormat.text,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Convert vendor DICOM into a qMRI-BIDS dataset, explaining every series."""
+    from qmrbids.convert import ConfigError, convert as run_convert, load_config
+
+    for label, value in (("--subject", subject), ("--session", session)):
+        if value is not None and not value.isalnum():
+            raise UsageFailure(f"{label} must be letters and digits only, not {value!r}")
+    if jobs is not None and jobs < 1:
+        raise UsageFailure(f"--jobs must be at least 1, not {jobs}")
+    try:
+        study = load_config(config)
+    except ConfigError as error:
+        raise UsageFailure(str(error)) from None
+    for source in sources:
+        if not source.exists():
+            raise UsageFailure(f"{source}: no such file or folder")
+    if output.exists() and not output.is_dir():
+        raise UsageFailure(f"{output}: exists and is not a folder")
+    with _progress(quiet) as progress:
+        scanning = progress.add_task("scanning", total=None)
+        converting = progress.add_task("converting", total=None, visible=False)
+        report = run_convert(
+            sources, output, study, subject=subject, session=session, jobs=jobs, dry_run=dry_run,
+            overwrite=overwrite, on_scan=lambda n: progress.advance(scanning, n),
+            on_planned=lambda n: progress.update(converting, total=n, visible=not dry_run),
+            on_series=lambda result: progress.advance(converting),
+        )
+    _render_convert(report, output_format)
+    raise typer.Exit(report.exit_code)
 
 
 def main(argv: list[str] | None = None) -> int:

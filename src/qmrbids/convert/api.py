@@ -80,8 +80,9 @@ def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = No
     jobs = jobs or os.cpu_count() or 1
     bids_dir = Path(bids_dir)
     scanned = scan([Path(s) for s in sources], jobs=jobs, on_progress=on_scan)
+    orphans = scanned.errors[~scanned.errors["SeriesInstanceUID"].fillna("").astype(bool)]
     report = ConvertReport(str(bids_dir), dry_run, len(scanned.files) + scanned.skipped_non_dicom,
-                           scanned.skipped_non_dicom, [str(e) for e in scanned.errors["error"]])
+                           scanned.skipped_non_dicom, [str(e) for e in orphans["error"]])
     table = series_table(scanned.files)
     classes = classify(table, config.rules) if len(table) else {}
     planned = plan(table, classes, config, subject, session) if len(table) else []
@@ -93,7 +94,14 @@ def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = No
             [f"{o.stem}.nii.gz" for o in p.outputs], "planned" if p.converted else "skipped",
             p.classification.skip_reason)
     report.series = list(entries.values())
-    todo = [p for p in planned if p.converted]
+    for p in planned:
+        if p.converted and p.series["file_errors"]:
+            errors = p.series["file_errors"]
+            entry = entries[p.uid]
+            entry.status = "failed"
+            entry.reason = (f"series {entry.series_number} '{entry.description}': {len(errors)} of its files "
+                            f"cannot be read, first: {errors[0]}")
+    todo = [p for p in planned if p.converted and not p.series["file_errors"]]
     if on_planned:
         on_planned(len(todo))
     if dry_run or not todo:

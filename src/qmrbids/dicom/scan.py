@@ -186,12 +186,14 @@ def header_row(source: Source) -> dict | None:
             if not _looks_like_dicom(data[:132]):
                 return None
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            size = len(data)
         else:
             with open(source.path, "rb") as handle:
                 if not _looks_like_dicom(handle.read(132)):
                     return None
                 handle.seek(0)
                 ds = pydicom.dcmread(handle, stop_before_pixels=True)
+                size = os.fstat(handle.fileno()).st_size
         for keyword in TEXT_ATTRIBUTES:
             row[keyword] = _text(ds.get(keyword))
         for keyword in NUMBER_ATTRIBUTES:
@@ -205,10 +207,25 @@ def header_row(source: Source) -> dict | None:
             _enhanced(ds, row)
         if not row["SeriesInstanceUID"]:
             row["error"] = f"{source.display}: no SeriesInstanceUID (0020,000E); not an image of a series"
+        elif (missing := _missing_pixel_bytes(ds, size)) > 0:
+            row["error"] = f"{source.display}: truncated: {missing} bytes of pixel data are missing"
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError,
             IndexError, OverflowError) as error:
         row["error"] = f"{source.display}: unreadable DICOM header ({type(error).__name__}: {error})"
     return row
+
+
+def _missing_pixel_bytes(ds, file_size: int) -> int:
+    """How many bytes of uncompressed pixel data the file lacks (0 when complete or compressed)."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_compressed:
+        return 0
+    try:
+        needed = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+                  * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated) // 8)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return max(0, needed - file_size)  # the header's own bytes make this a lower bound
 
 
 def _enhanced(ds, row: dict) -> None:

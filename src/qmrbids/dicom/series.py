@@ -55,10 +55,18 @@ def _bvalues(group: pd.DataFrame) -> list[float]:
 
 
 def series_table(files: pd.DataFrame) -> pd.DataFrame:
-    """One row per SeriesInstanceUID of the readable files, with file lists and derived values."""
-    readable = files[~files["error"].astype(bool)]
+    """One row per SeriesInstanceUID, with file lists and derived values.
+
+    Files of a series that could not be read completely are listed in ``file_errors``; the values
+    come from the readable files.
+    """
     rows = []
-    for uid, group in readable.groupby("SeriesInstanceUID", sort=False):
+    known = files[files["SeriesInstanceUID"].fillna("").astype(bool)]
+    for uid, all_files in known.groupby("SeriesInstanceUID", sort=False):
+        failed = all_files["error"].astype(bool)
+        group = all_files[~failed]
+        if group.empty:
+            continue
         first = group.iloc[0]
         echo_times = sorted({float(t) for v in group["EchoTimes"].dropna() for t in str(v).split("\\") if t})
         geometry = group[list(GEOMETRY)].assign(ImageOrientationPatient=group["ImageOrientationPatient"].map(_orientation))
@@ -103,6 +111,7 @@ def series_table(files: pd.DataFrame) -> pd.DataFrame:
             "SOPClassUID": first["SOPClassUID"],
             "n_files": len(group),
             "mixed": ", ".join(mixed),
+            "file_errors": list(all_files.loc[failed, "error"]),
             "files": list(zip(group["path"], group["member"], strict=True)),
         })
     return pd.DataFrame(rows)

@@ -1,0 +1,99 @@
+"""convert on awkward input: archives, gzip, non-DICOM, truncated files, interruptions, the CLI."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import tarfile
+import zipfile
+
+import pytest
+from conftest import bids_validator_errors
+
+from qmrbids.cli import main
+from qmrbids.convert import api, convert
+
+
+def _vfa_files(noise_free_phantom):
+    root = noise_free_phantom("siemens") / "dicom"
+    return sorted(p for folder in sorted(root.glob("00[234]_vfa_*")) for p in folder.iterdir())
+
+
+def test_zip_tar_and_gzip_sources_convert_like_folders(tmp_path, noise_free_phantom):
+    files = _vfa_files(noise_free_phantom)
+    with zipfile.ZipFile(tmp_path / "fa03.zip", "w") as archive:
+        for p in files[:4]:
+            archive.write(p, f"export/{p.parent.name}/{p.name}")
+    with tarfile.open(tmp_path / "fa10.tar", "w") as archive:
+        for p in files[4:8]:
+            archive.add(p, f"{p.parent.name}/{p.name}")
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    for p in files[8:]:
+        (gz / f"{p.stem}.dcm.gz").write_bytes(gzip.compress(p.read_bytes()))
+    (gz / "notes.txt").write_text("not DICOM")
+    report = convert([tmp_path / "fa03.zip", tmp_path / "fa10.tar", gz], tmp_path / "ds", subject="01", jobs=2)
+    assert report.exit_code == 0 and report.non_dicom_skipped == 1
+    assert [s.classification for s in report.series] == ["anat/VFA_flip-1", "anat/VFA_flip-2", "anat/VFA_flip-3"]
+    assert bids_validator_errors(tmp_path / "ds") == []
+
+
+def test_truncated_and_broken_files_fail_only_their_series(tmp_path, noise_free_phantom):
+    source = tmp_path / "in"
+    shutil.copytree(noise_free_phantom("siemens") / "dicom", source)
+    victim = sorted((source / "016_tb1dam_fa120").iterdir())[1]
+    victim.write_bytes(victim.read_bytes()[:-3000])  # pixel data cut short
+    (source / "garbage.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\x7f")  # broken header
+    (source / "README.txt").write_text("export notes")
+    report = convert([source], tmp_path / "ds", jobs=2)
+    assert report.exit_code == 1
+    failed = {s.series_number: s.reason for s in report.failed}
+    assert list(failed) == [16] and "016_tb1dam_fa120" in failed[16] and "truncated" in failed[16]
+    assert len(report.unreadable) == 1 and "garbage.dcm" in report.unreadable[0]
+    assert report.non_dicom_skipped == 1
+    converted = [s for s in report.series if s.status == "converted"]
+    assert len(converted) == 19  # everything else, including the other TB1DAM angle
+    assert not list((tmp_path / "ds").rglob("*TB1DAM*flip-2*"))
+
+
+def test_interrupted_run_leaves_no_partial_files_and_the_next_run_completes(tmp_path, noise_free_phantom, monkeypatch):
+    source = noise_free_phantom("philips") / "dicom"
+    dataset = tmp_path / "ds"
+    calls = {"n": 0}
+    real = api.convert_series
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "convert_series", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert([source], dataset, jobs=1)
+    monkeypatch.undo()
+    assert not list((dataset / ".qmrbids").glob("tmp-*")), "staging folder left behind"
+    written = sorted(dataset.rglob("*.nii.gz"))
+    assert 0 < len(written) < 10
+    assert all(p.with_name(p.name.replace(".nii.gz", ".json")).is_file() for p in written)
+    report = convert([source], dataset, jobs=2)
+    statuses = [s.status for s in report.series]
+    assert statuses.count("up-to-date") == 2 and "failed" not in statuses
+
+
+def test_cli_dry_run_json_and_exit_codes(tmp_path, noise_free_phantom, capsys):
+    source = noise_free_phantom("ge") / "dicom"
+    assert main(["convert", str(source), "-o", str(tmp_path / "ds"), "--dry-run", "--format", "json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dry_run"] and report["summary"] == {"planned": 19}
+    first = report["series"][0]
+    assert first["targets"] == ["sub-PHANTOM/anat/sub-PHANTOM_flip-1_VFA.nii.gz"]
+    assert "differing in FlipAngle (3, 10, 20)" in first["evidence"]
+    assert not (tmp_path / "ds").exists()
+    assert main(["convert", str(tmp_path / "missing"), "-o", str(tmp_path / "ds")]) == 2
+    assert "missing: no such file or folder" in capsys.readouterr().err
+    assert main(["convert", str(source), "-o", str(tmp_path / "ds"), "--subject", "a/b"]) == 2
+    assert main(["convert", str(source), "-o", str(tmp_path / "ds"), "-q", "--subject", "01"]) == 0
+    out = capsys.readouterr()
+    assert "converted" in out.out and "missing RepetitionTimePreparation" in out.err  # GE style MP2RAGE
