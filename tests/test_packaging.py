@@ -32,3 +32,18 @@ def test_wheel_contains_code_and_every_data_folder(tmp_path):
 def test_data_paths_resolve_to_existing_files():
     assert data_path("validators", "references", "references.yaml").is_file()
     assert package_file("phantom", "protocols.yaml").is_file()
+
+
+def test_readme_first_command_runs_on_a_fresh_folder(tmp_path):
+    """The README's first command, minus the install this environment already did."""
+    readme = (ROOT / "README.md").read_text()
+    first = readme.split("```bash\n", 1)[1].split("\n```", 1)[0].strip()
+    install, _, rest = first.partition(" && ")
+    assert install == "pip install ."
+    command = rest.replace("examples/", f"{ROOT / 'examples'}/")
+    run = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True,
+                         env={**__import__("os").environ, "PATH": f"{Path(sys.executable).parent}:"
+                              + __import__("os").environ.get("PATH", "")})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "demo" / "bids" / "dataset_description.json").is_file()
+    assert len(list((tmp_path / "demo" / "bids").rglob("*.nii.gz"))) == 73

@@ -11,11 +11,13 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import struct
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -54,6 +56,9 @@ ENHANCED_ATTRIBUTES = {
     "ImageOrientationPatient": ("PlaneOrientationSequence", "ImageOrientationPatient"),
     "FrameType": ("MRImageFrameTypeSequence", "FrameType"),
 }
+_TEXT_TAGS = tuple((k, pydicom.datadict.tag_for_keyword(k)) for k in TEXT_ATTRIBUTES)
+_NUMBER_TAGS = tuple((k, pydicom.datadict.tag_for_keyword(k)) for k in NUMBER_ATTRIBUTES)
+_ECHO_TIME = pydicom.datadict.tag_for_keyword("EchoTime")
 COLUMNS = ("path", "member", "error", *TEXT_ATTRIBUTES, *NUMBER_ATTRIBUTES, *PRIVATE_ATTRIBUTES,
            "EchoTimes", "FrameTypes", "BValues")
 
@@ -153,17 +158,61 @@ def _number(value) -> float | None:
     if isinstance(value, pydicom.multival.MultiValue | list | tuple):
         value = value[0] if len(value) else None
         return _number(value)
+    if isinstance(value, str):
+        value = value.split("\\")[0]
     try:
         return float(value)
     except (TypeError, ValueError):
         return None
 
 
-def _private(ds, group: int, creator: str, element: int):
+_BINARY = {"US": "<H", "SS": "<h", "UL": "<I", "SL": "<i", "FL": "<f", "FD": "<d"}
+
+
+def _raw(ds, tag: int):
+    """Value of one element, decoded straight from its raw bytes (much faster than pydicom's
+    general conversion); text comes back as a backslash-joined string, binary numbers as a list."""
     try:
-        return ds.private_block(group, creator)[element].value
+        element = ds.get_item(tag)
     except KeyError:
         return None
+    if element is None:
+        return None
+    value = element.value
+    if not isinstance(value, bytes | bytearray) or not ds.is_little_endian:
+        return ds[tag].value  # already converted, or an encoding we leave to pydicom
+    vr = element.VR or dictionary_vr(tag)
+    if vr in _BINARY:
+        size = struct.calcsize(_BINARY[vr])
+        return [struct.unpack_from(_BINARY[vr], value, i)[0] for i in range(0, len(value) - size + 1, size)]
+    if vr in ("OB", "OW", "UN", "SQ"):
+        return None
+    return value.decode("latin-1").strip(" \x00")
+
+
+@cache
+def dictionary_vr(tag: int) -> str:
+    try:
+        return pydicom.datadict.dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+_PRIVATE_GROUPS = {group for group, _, _ in PRIVATE_ATTRIBUTES.values()}
+
+
+def _private_values(ds) -> dict[str, object]:
+    """The PRIVATE_ATTRIBUTES of a file, found through their creators' (gggg,00xx) elements."""
+    blocks = {}
+    for tag in ds.keys():
+        group, element = tag >> 16, tag & 0xFFFF
+        if group in _PRIVATE_GROUPS and 0x10 <= element <= 0xFF:
+            blocks[(group, _text(_raw(ds, tag)))] = element
+    out = {}
+    for column, (group, creator, element) in PRIVATE_ATTRIBUTES.items():
+        block = blocks.get((group, creator))
+        out[column] = None if block is None else _raw(ds, (group << 16) | (block << 8) | element)
+    return out
 
 
 def _functional_values(ds, sequence: str, keyword: str) -> list:
@@ -194,13 +243,13 @@ def header_row(source: Source) -> dict | None:
                 handle.seek(0)
                 ds = pydicom.dcmread(handle, stop_before_pixels=True)
                 size = os.fstat(handle.fileno()).st_size
-        for keyword in TEXT_ATTRIBUTES:
-            row[keyword] = _text(ds.get(keyword))
-        for keyword in NUMBER_ATTRIBUTES:
-            row[keyword] = _number(ds.get(keyword))
-        for column, (group, creator, element) in PRIVATE_ATTRIBUTES.items():
-            row[column] = _text(_private(ds, group, creator, element))
-        row["EchoTimes"] = _text(ds.get("EchoTime"))
+        for keyword, tag in _TEXT_TAGS:
+            row[keyword] = _text(_raw(ds, tag))
+        for keyword, tag in _NUMBER_TAGS:
+            row[keyword] = _number(_raw(ds, tag))
+        for column, value in _private_values(ds).items():
+            row[column] = _text(value)
+        row["EchoTimes"] = _text(_raw(ds, _ECHO_TIME))
         row["FrameTypes"] = ""
         row["BValues"] = ""
         if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
