@@ -97,3 +97,36 @@ def test_cli_dry_run_json_and_exit_codes(tmp_path, noise_free_phantom, capsys):
     assert main(["convert", str(source), "-o", str(tmp_path / "ds"), "-q", "--subject", "01"]) == 0
     out = capsys.readouterr()
     assert "converted" in out.out and "missing RepetitionTimePreparation" in out.err  # GE style MP2RAGE
+
+
+def test_sessions_mt_ratio_pairs_and_mixed_series(tmp_path):
+    from qmrbids.phantom import PhantomSettings, write_phantom
+
+    for seed in (1, 2):  # two sessions of one patient
+        write_phantom(tmp_path / f"ses{seed}", PhantomSettings(protocols=("vfa", "mts"), seed=seed, snr=40, matrix=16,
+                                                               slices=2, patient_id="P01"))
+    # an MT ratio pair: the PDw and MTw series of session 1 without the T1w one
+    mtr = tmp_path / "mtr"
+    shutil.copytree(tmp_path / "ses1" / "dicom" / "017_mts_pdw", mtr / "a")
+    shutil.copytree(tmp_path / "ses1" / "dicom" / "018_mts_mtw", mtr / "b")
+    report = convert([tmp_path / "ses1" / "dicom", tmp_path / "ses2" / "dicom"], tmp_path / "ds", jobs=2)
+    assert report.exit_code == 0
+    assert {(s.subject, s.session) for s in report.series} == {("P01", "01"), ("P01", "02")}
+    assert (tmp_path / "ds" / "sub-P01" / "sub-P01_sessions.tsv").read_text().split() == [
+        "session_id", "ses-01", "ses-02"]
+    assert bids_validator_errors(tmp_path / "ds") == []
+    pair = convert([mtr], tmp_path / "ds-mtr", jobs=1)
+    assert [s.classification for s in pair.series] == ["anat/MTR_mt-off", "anat/MTR_mt-on"]
+    assert bids_validator_errors(tmp_path / "ds-mtr") == []
+    # a series whose files disagree on geometry is an error naming it; the others still convert
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tmp_path / "ses1" / "dicom", mixed)
+    import pydicom
+
+    victim = sorted((mixed / "003_vfa_fa10").iterdir())[0]
+    ds = pydicom.dcmread(victim)
+    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    ds.save_as(victim)
+    result = convert([mixed], tmp_path / "ds-mixed", jobs=1)
+    assert result.exit_code == 1
+    assert [(s.series_number, "mixed series" in s.reason) for s in result.failed] == [(3, True)]

@@ -95,7 +95,11 @@ def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = No
             p.classification.skip_reason)
     report.series = list(entries.values())
     for p in planned:
-        if p.converted and p.series["file_errors"]:
+        if p.classification.rule == "mixed-series":
+            entries[p.uid].status = "failed"
+            entries[p.uid].reason = (f"series {entries[p.uid].series_number} '{entries[p.uid].description}': "
+                                     f"{p.classification.skip_reason}; split it or exclude files")
+        elif p.converted and p.series["file_errors"]:
             errors = p.series["file_errors"]
             entry = entries[p.uid]
             entry.status = "failed"

@@ -232,9 +232,12 @@ def _assign_collection(definition: dict, members: list[dict], result: dict[str, 
     if definition.get("mt_entity") and {bool(m["MT"]) for m in members} != {True, False}:
         return
     shown = ", ".join(_format(v) for v in values)
+    labels = definition.get("labels")
+    if labels is not None and set(values) != set(labels):
+        return
     for member in sorted(members, key=lambda m: m["SeriesNumber"]):
         index = values.index(member[varies]) + 1
-        entities = {definition["entity"]: str(index)}
+        entities = {definition["entity"]: str(labels[member[varies]] if labels is not None else index)}
         if definition.get("mt_entity"):
             entities["mt"] = "on" if member["MT"] else "off"
         evidence = (f"collection {definition['id']}: {len(members)} series identical in "
