@@ -171,13 +171,20 @@ def classify(table: pd.DataFrame, extra_rules: list[dict] | None = None) -> dict
     """Classification of every series of the table, keyed by SeriesInstanceUID."""
     records = table.to_dict("records")
     result: dict[str, Classification] = {}
+    rule_sets: dict[str, RuleSet] = {}
+
+    def rules(manufacturer: str) -> RuleSet:
+        if manufacturer not in rule_sets:
+            rule_sets[manufacturer] = rules_for(manufacturer, extra_rules)
+        return rule_sets[manufacturer]
+
     for series in records:
         if series["mixed"]:
             result[series["SeriesInstanceUID"]] = Classification(
                 "mixed-series", f"files differ in {series['mixed']}",
                 skip_reason=f"mixed series: its files differ in {series['mixed']}")
             continue
-        for rule in rules_for(series["Manufacturer"], extra_rules).skip:
+        for rule in rules(series["Manufacturer"]).skip:
             if matches(rule["when"], series):
                 result[series["SeriesInstanceUID"]] = Classification(
                     rule["id"], _evidence(rule, rule["when"], series),
@@ -188,7 +195,7 @@ def classify(table: pd.DataFrame, extra_rules: list[dict] | None = None) -> dict
         uid = series["SeriesInstanceUID"]
         if uid in result:
             continue
-        for rule in rules_for(series["Manufacturer"], extra_rules).series:
+        for rule in rules(series["Manufacturer"]).series:
             if matches(rule["when"], series):
                 result[uid] = Classification(rule["id"], _evidence(rule, rule["when"], series), rule["datatype"],
                                              rule["suffix"], dict(rule.get("entities", {})),
