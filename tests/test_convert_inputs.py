@@ -73,7 +73,7 @@ def test_interrupted_run_leaves_no_partial_files_and_the_next_run_completes(tmp_
     with pytest.raises(KeyboardInterrupt):
         convert([source], dataset, jobs=1)
     monkeypatch.undo()
-    assert not list((dataset / ".qmrbids").glob("tmp-*")), "staging folder left behind"
+    assert not list((dataset / ".qmrbids").glob(".convert.*")), "staging folder left behind"
     written = sorted(dataset.rglob("*.nii.gz"))
     assert 0 < len(written) < 10
     assert all(p.with_name(p.name.replace(".nii.gz", ".json")).is_file() for p in written)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import jsonschema
@@ -68,7 +69,7 @@ def test_sidecars_carry_qmri_fields_and_provenance_but_no_identifiers(phantom_bi
         leaked = [k for k in IDENTIFYING if k in meta]
         assert not leaked, f"{path.name}: {leaked}"
         nifti = path.with_name(path.name.replace(".json", ".nii.gz"))
-        assert meta["QmrbidsProvenance"]["NiftiSHA256"] == __import__("hashlib").sha256(nifti.read_bytes()).hexdigest()
+        assert meta["QmrbidsProvenance"]["NiftiSHA256"] == hashlib.sha256(nifti.read_bytes()).hexdigest()
     anat = dataset / "sub-PHANTOM" / "anat"
     vfa = json.loads((anat / "sub-PHANTOM_flip-2_VFA.json").read_text())
     assert vfa["FlipAngle"] == 10 and vfa["RepetitionTimeExcitation"] == pytest.approx(0.015)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -42,8 +43,7 @@ def test_readme_first_command_runs_on_a_fresh_folder(tmp_path):
     assert install == "pip install ."
     command = rest.replace("examples/", f"{ROOT / 'examples'}/")
     run = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True,
-                         env={**__import__("os").environ, "PATH": f"{Path(sys.executable).parent}:"
-                              + __import__("os").environ.get("PATH", "")})
+                         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"})
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "demo" / "bids" / "dataset_description.json").is_file()
     assert len(list((tmp_path / "demo" / "bids").rglob("*.nii.gz"))) == 73

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -17,6 +15,7 @@ from qmrbids.convert.run import STATE_DIR, SeriesResult, convert_series, dataset
 from qmrbids.dicom.classify import classify
 from qmrbids.dicom.scan import scan
 from qmrbids.dicom.series import series_table
+from qmrbids.io import staging_dir
 from qmrbids.parallel import map_unordered
 
 
@@ -95,17 +94,9 @@ def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = No
             p.classification.skip_reason)
     report.series = list(entries.values())
     for p in planned:
-        if p.classification.rule == "mixed-series":
-            entries[p.uid].status = "failed"
-            entries[p.uid].reason = (f"series {entries[p.uid].series_number} '{entries[p.uid].description}': "
-                                     f"{p.classification.skip_reason}; split it or exclude files")
-        elif p.converted and p.series["file_errors"]:
-            errors = p.series["file_errors"]
-            entry = entries[p.uid]
-            entry.status = "failed"
-            entry.reason = (f"series {entry.series_number} '{entry.description}': {len(errors)} of its files "
-                            f"cannot be read, first: {errors[0]}")
-    todo = [p for p in planned if p.converted and not p.series["file_errors"]]
+        if reason := p.cannot_convert:
+            entries[p.uid].status, entries[p.uid].reason = "failed", reason
+    todo = [p for p in planned if p.converted and not p.cannot_convert]
     if on_planned:
         on_planned(len(todo))
     if dry_run or not todo:
@@ -113,9 +104,7 @@ def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = No
     bids_dir.mkdir(parents=True, exist_ok=True)
     key = dataset_key(bids_dir)
     versions = {"dcm2niix": dcm2niix_version()}
-    (bids_dir / STATE_DIR).mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="tmp-", dir=bids_dir / STATE_DIR))
-    try:
+    with staging_dir(bids_dir / STATE_DIR, "convert") as staging:
         def work(p: PlannedSeries) -> SeriesResult:
             return convert_series(p, bids_dir, staging, config, key, versions, overwrite)
 
@@ -126,7 +115,5 @@ def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = No
             entry.warnings = result.warnings
             if on_series:
                 on_series(result)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     write_dataset_files(bids_dir, config, versions["dcm2niix"], date.today().isoformat())
     return report

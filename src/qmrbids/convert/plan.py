@@ -46,6 +46,21 @@ class PlannedSeries:
     def converted(self) -> bool:
         return self.classification.converted
 
+    @property
+    def label(self) -> str:
+        """How messages name the series: number, description and subject label (never a DICOM ID)."""
+        return f"series {self.series['SeriesNumber']} '{self.series['SeriesDescription']}' (subject {self.subject})"
+
+    @property
+    def cannot_convert(self) -> str:
+        """Why a series the rules would convert must fail before conversion ('' when it can go ahead)."""
+        if self.classification.rule == "mixed-series":
+            return f"{self.label}: {self.classification.skip_reason}; split it or exclude files"
+        errors = self.series["file_errors"]
+        if self.converted and errors:
+            return f"{self.label}: {len(errors)} of its files cannot be read, first: {errors[0]}"
+        return ""
+
 
 def _stem(subject: str, session: str, datatype: str, entities: dict[str, str], suffix: str) -> str:
     values = {"sub": subject, "ses": session, **entities}

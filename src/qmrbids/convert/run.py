@@ -9,9 +9,7 @@ import json
 import os
 import re
 import secrets
-import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +21,7 @@ from qmrbids.convert.config import StudyConfig
 from qmrbids.convert.plan import Output, PlannedSeries
 from qmrbids.convert.sidecars import PROVENANCE_KEY, derive_fields, scrub, series_hmac, sha256_file
 from qmrbids.dicom.scan import Source, read_bytes
-from qmrbids.io import atomic_write_bytes, atomic_write_text
+from qmrbids.io import atomic_write_bytes, atomic_write_text, staging_dir
 from qmrbids.schema import required_sidecar_fields
 
 EXTENSION_VERSION = "0.1.0"
@@ -51,11 +49,6 @@ def dataset_key(bids_dir: Path) -> bytes:
     if not path.is_file():
         atomic_write_bytes(path, secrets.token_hex(32).encode())
     return path.read_bytes().strip()
-
-
-def _label(planned: PlannedSeries) -> str:
-    s = planned.series
-    return f"series {s['SeriesNumber']} '{s['SeriesDescription']}' (patient {planned.subject})"
 
 
 def _existing_state(planned: PlannedSeries, bids_dir: Path, source_hash: str, config: StudyConfig) -> str:
@@ -141,46 +134,44 @@ def convert_series(planned: PlannedSeries, bids_dir: Path, staging: Path, config
     if state == "current" and not overwrite:
         return SeriesResult(uid, "up-to-date")
     if state == "conflict" and not overwrite:
-        return SeriesResult(uid, "failed", f"{_label(planned)}: target {planned.outputs[0].stem} exists from another "
+        return SeriesResult(uid, "failed", f"{planned.label}: target {planned.outputs[0].stem} exists from another "
                             "source or config; re-run with --overwrite to replace it")
-    work = Path(tempfile.mkdtemp(prefix="series-", dir=staging))
     try:
-        first = _stage_inputs(planned, work / "in")
-        out = work / "out"
-        out.mkdir()
-        timeout = 120 + 0.5 * planned.series["n_files"]
-        run = subprocess.run([dcm2niix.bin, "-b", "y", "-ba", "y", "-z", "y", "-w", "1", "-f", "series", "-o", str(out),
-                              str(work / "in")], capture_output=True, text=True, timeout=timeout, check=False)
-        outputs = _dcm2niix_outputs(out)
-        if run.returncode != 0 or not outputs:
-            last = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
-            return SeriesResult(uid, "failed", f"{_label(planned)}: dcm2niix failed (exit {run.returncode}): {last[0]}")
-        result = SeriesResult(uid, "converted")
-        staged = []
-        for target, made in _match(outputs, planned):
-            meta, missing = _sidecar(planned, target, made, first, config)
-            if missing:
-                result.warnings.append(f"{_label(planned)}: {Path(target.stem).name}: missing {', '.join(missing)}; "
-                                       f"add them under metadata: {planned.classification.suffix}: in the study config")
-            meta[PROVENANCE_KEY] = {
-                "QmrbidsVersion": __version__, "SchemaVersion": EXTENSION_VERSION,
-                "Dcm2niixVersion": versions["dcm2niix"],
-                "ConvertedAt": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-                "Rule": planned.classification.rule, "Evidence": planned.classification.evidence,
-                "StudyConfigSHA256": config.digest, "SourceFileCount": int(planned.series["n_files"]),
-                "SourceSeriesHMAC": source_hash, "NiftiSHA256": sha256_file(made["nifti"]),
-                **({"MissingFields": missing} if missing else {}),
-            }
-            staged.append((target, made, meta))
-        for target, made, meta in staged:
-            result.written.extend(_place(target, made, meta, bids_dir))
-        return result
+        with staging_dir(staging, "series") as work:
+            first = _stage_inputs(planned, work / "in")
+            out = work / "out"
+            out.mkdir()
+            timeout = 120 + 0.5 * planned.series["n_files"]
+            run = subprocess.run([dcm2niix.bin, "-b", "y", "-ba", "y", "-z", "y", "-w", "1", "-f", "series", "-o", str(out),
+                                  str(work / "in")], capture_output=True, text=True, timeout=timeout, check=False)
+            outputs = _dcm2niix_outputs(out)
+            if run.returncode != 0 or not outputs:
+                last = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
+                return SeriesResult(uid, "failed", f"{planned.label}: dcm2niix failed (exit {run.returncode}): {last[0]}")
+            result = SeriesResult(uid, "converted")
+            staged = []
+            for target, made in _match(outputs, planned):
+                meta, missing = _sidecar(planned, target, made, first, config)
+                if missing:
+                    result.warnings.append(f"{planned.label}: {Path(target.stem).name}: missing {', '.join(missing)}; "
+                                           f"add them under metadata: {planned.classification.suffix}: in the study config")
+                meta[PROVENANCE_KEY] = {
+                    "QmrbidsVersion": __version__, "SchemaVersion": EXTENSION_VERSION,
+                    "Dcm2niixVersion": versions["dcm2niix"],
+                    "ConvertedAt": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                    "Rule": planned.classification.rule, "Evidence": planned.classification.evidence,
+                    "StudyConfigSHA256": config.digest, "SourceFileCount": int(planned.series["n_files"]),
+                    "SourceSeriesHMAC": source_hash, "NiftiSHA256": sha256_file(made["nifti"]),
+                    **({"MissingFields": missing} if missing else {}),
+                }
+                staged.append((target, made, meta))
+            for target, made, meta in staged:
+                result.written.extend(_place(target, made, meta, bids_dir))
+            return result
     except subprocess.TimeoutExpired:
-        return SeriesResult(uid, "failed", f"{_label(planned)}: dcm2niix did not finish within its time limit")
+        return SeriesResult(uid, "failed", f"{planned.label}: dcm2niix did not finish within its time limit")
     except (OSError, ValueError) as error:
-        return SeriesResult(uid, "failed", f"{_label(planned)}: {error}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        return SeriesResult(uid, "failed", f"{planned.label}: {error}")
 
 
 def _sidecar(planned: PlannedSeries, target: Output, made: dict, first_file, config: StudyConfig):

@@ -311,7 +311,7 @@ class SeriesWriter:
         return paths
 
     def _image_attributes(self, ds, plan, volume: Volume, k, instance, when, position) -> None:
-        study, g = self.study, self.study.grid
+        study = self.study
         ds.ImageType = self._image_type(plan, volume)
         ds.SOPInstanceUID = study.uid("instance", plan.number, instance)
         ds.AcquisitionTime = when.strftime("%H%M%S.%f")
@@ -350,7 +350,6 @@ class SeriesWriter:
 
     # -- vendor private tags --------------------------------------------------------------------
     def _private_siemens(self, ds, plan: SeriesPlan, volume: Volume, k: int) -> None:
-        series = plan.series
         image = [("PhaseEncodingDirectionPositive", "IS", [1]), ("EchoLinePosition", "IS", [self.study.grid.matrix // 2])]
         if volume.bvalue is not None:
             mr = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)
