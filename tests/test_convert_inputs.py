@@ -130,3 +130,46 @@ def test_sessions_mt_ratio_pairs_and_mixed_series(tmp_path):
     result = convert([mixed], tmp_path / "ds-mixed", jobs=1)
     assert result.exit_code == 1
     assert [(s.series_number, "mixed series" in s.reason) for s in result.failed] == [(3, True)]
+
+
+def _dataset_content(dataset):
+    """Every file's bytes, with the per-run provenance values (time, keyed UID hash) blanked."""
+    content = {}
+    for path in sorted(p for p in dataset.rglob("*") if p.is_file() and ".qmrbids" not in p.parts):
+        data = path.read_bytes()
+        if path.suffix == ".json":
+            meta = json.loads(data)
+            for key in ("ConvertedAt", "SourceSeriesHMAC"):
+                meta.get("QmrbidsProvenance", {}).pop(key, None)
+            data = json.dumps(meta, sort_keys=True).encode()
+        content[path.relative_to(dataset).as_posix()] = data
+    return content
+
+
+def test_bulk_pass_and_series_by_series_conversion_give_the_same_dataset(tmp_path, noise_free_phantom, monkeypatch):
+    source = noise_free_phantom("ge") / "dicom"
+    vfa = sorted(source.glob("Series[234]"))
+    split = tmp_path / "split"  # one VFA series spread over two folders: the bulk pass cannot give it whole
+    for index, path in enumerate(sorted(vfa[0].iterdir())):
+        (split / str(index % 2)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, split / str(index % 2) / path.name)
+    sources = [split / "0", split / "1", *vfa[1:]]
+    calls = []
+    real = api.convert_series
+
+    def recording(planned, *args):
+        calls.append((planned.series["SeriesNumber"], args[-1] is not None))
+        return real(planned, *args)
+
+    monkeypatch.setattr(api, "convert_series", recording)
+    fresh = convert(sources, tmp_path / "bulk", jobs=1)  # a new dataset: dcm2niix runs during the scan
+    assert fresh.exit_code == 0
+    assert sorted(calls) == [(2, False), (3, True), (4, True)]  # premade outputs, except for the split series
+    calls.clear()
+    (tmp_path / "series" / "sub-other").mkdir(parents=True)  # a dataset with subjects: series by series
+    assert convert(sources, tmp_path / "series", jobs=1).exit_code == 0
+    assert not any(premade for _, premade in calls)
+    bulk, series = _dataset_content(tmp_path / "bulk"), _dataset_content(tmp_path / "series")
+    series.pop("participants.tsv"), bulk.pop("participants.tsv")  # lists sub-other too
+    assert bulk.keys() == series.keys() and len([k for k in bulk if k.endswith("_VFA.nii.gz")]) == 3
+    assert bulk == series

@@ -142,6 +142,9 @@ def _render_convert(report, output_format: OutputFormat) -> None:
     err.print(f"qmrbids: {report.files_scanned} files scanned ({report.non_dicom_skipped} not DICOM, "
               f"{len(report.unreadable)} unreadable); series: "
               + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())), markup=False)
+    if report.stubs_written:
+        err.print(f"qmrbids: wrote {' and '.join(report.stubs_written)} in {report.bids_dir} as stubs: edit them to "
+                  "describe the study (qmrbids never overwrites them)", markup=False)
 
 
 @app.command()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 
+from qmrbids.convert.bulk import BulkConversion
 from qmrbids.convert.config import StudyConfig
 from qmrbids.convert.dataset import write_dataset_files
 from qmrbids.convert.plan import PlannedSeries, plan
@@ -43,6 +46,7 @@ class ConvertReport:
     non_dicom_skipped: int = 0
     unreadable: list[str] = field(default_factory=list)
     series: list[SeriesReport] = field(default_factory=list)
+    stubs_written: list[str] = field(default_factory=list)  # README/CHANGES the user should now edit
 
     @property
     def failed(self) -> list[SeriesReport]:
@@ -58,6 +62,7 @@ class ConvertReport:
             counts[s.status] = counts.get(s.status, 0) + 1
         return {"bids_dir": self.bids_dir, "dry_run": self.dry_run, "files_scanned": self.files_scanned,
                 "non_dicom_skipped": self.non_dicom_skipped, "unreadable": self.unreadable,
+                "stubs_written": self.stubs_written,
                 "summary": counts, "series": [asdict(s) for s in self.series]}
 
 
@@ -74,11 +79,59 @@ def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = No
             on_scan: Callable[[int], None] | None = None,
             on_series: Callable[[SeriesResult], None] | None = None,
             on_planned: Callable[[int], None] | None = None) -> ConvertReport:
-    """Scan, classify, plan and (unless ``dry_run``) convert ``sources`` into the BIDS dataset ``bids_dir``."""
+    """Scan, classify, plan and (unless ``dry_run``) convert ``sources`` into the BIDS dataset ``bids_dir``.
+
+    Into a dataset with no subjects yet, dcm2niix starts on the source folders at once and runs
+    while the headers are read (qmrbids.convert.bulk); otherwise only the new series are converted.
+    """
     config = config or StudyConfig()
     jobs = jobs or os.cpu_count() or 1
     bids_dir = Path(bids_dir)
-    scanned = scan([Path(s) for s in sources], jobs=jobs, on_progress=on_scan)
+    sources = [Path(s) for s in sources]
+    with contextlib.ExitStack() as stack:
+        bulk = None
+        created = not bids_dir.exists()
+        folders = [s for s in sources if s.is_dir()]
+        if not dry_run and folders and not any(bids_dir.glob("sub-*")):
+            staging = stack.enter_context(staging_dir(bids_dir / STATE_DIR, "convert"))
+            bulk = BulkConversion(folders, staging, timeout_s=600 + 0.5 * _count_files(folders))
+            stack.callback(bulk.stop)
+        scanned = scan(sources, jobs=jobs, on_progress=on_scan)
+        report, todo, entries = _plan_report(scanned, bids_dir, config, subject, session, dry_run)
+        if on_planned:
+            on_planned(len(todo))
+        if dry_run or not todo:
+            if created:  # the bulk pass made the folder; leave nothing behind when there is nothing to convert
+                stack.close()
+                shutil.rmtree(bids_dir, ignore_errors=True)
+            return report
+        if bulk is None:
+            staging = stack.enter_context(staging_dir(bids_dir / STATE_DIR, "convert"))
+        key = dataset_key(bids_dir)
+        versions = {"dcm2niix": dcm2niix_version()}
+
+        def work(p: PlannedSeries) -> SeriesResult:
+            premade = bulk.outputs(p.uid) if bulk else None
+            return convert_series(p, bids_dir, staging, config, key, versions, overwrite, premade)
+
+        for result in map_unordered(work, todo, jobs):
+            entry = entries[result.uid]
+            entry.status = result.status
+            entry.reason = result.message
+            entry.warnings = result.warnings
+            if on_series:
+                on_series(result)
+    report.stubs_written = write_dataset_files(bids_dir, config, versions["dcm2niix"], date.today().isoformat())
+    return report
+
+
+def _count_files(folders: list[Path]) -> int:
+    return sum(len(files) for folder in folders for _, _, files in os.walk(folder))
+
+
+def _plan_report(scanned, bids_dir: Path, config: StudyConfig, subject: str | None, session: str | None,
+                 dry_run: bool) -> tuple[ConvertReport, list[PlannedSeries], dict[str, SeriesReport]]:
+    """Classify and plan the scanned series: the report rows, and the series to convert."""
     orphans = scanned.errors[~scanned.errors["SeriesInstanceUID"].fillna("").astype(bool)]
     report = ConvertReport(str(bids_dir), dry_run, len(scanned.files) + scanned.skipped_non_dicom,
                            scanned.skipped_non_dicom, [str(e) for e in orphans["error"]])
@@ -96,24 +149,4 @@ def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = No
     for p in planned:
         if reason := p.cannot_convert:
             entries[p.uid].status, entries[p.uid].reason = "failed", reason
-    todo = [p for p in planned if p.converted and not p.cannot_convert]
-    if on_planned:
-        on_planned(len(todo))
-    if dry_run or not todo:
-        return report
-    bids_dir.mkdir(parents=True, exist_ok=True)
-    key = dataset_key(bids_dir)
-    versions = {"dcm2niix": dcm2niix_version()}
-    with staging_dir(bids_dir / STATE_DIR, "convert") as staging:
-        def work(p: PlannedSeries) -> SeriesResult:
-            return convert_series(p, bids_dir, staging, config, key, versions, overwrite)
-
-        for result in map_unordered(work, todo, jobs):
-            entry = entries[result.uid]
-            entry.status = result.status
-            entry.reason = result.message
-            entry.warnings = result.warnings
-            if on_series:
-                on_series(result)
-    write_dataset_files(bids_dir, config, versions["dcm2niix"], date.today().isoformat())
-    return report
+    return report, [p for p in planned if p.converted and not p.cannot_convert], entries

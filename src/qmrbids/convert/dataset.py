@@ -46,8 +46,11 @@ def _write_json_once(path: Path, content: dict) -> None:
         atomic_write_text(path, text)
 
 
-def write_dataset_files(bids_dir: Path, config: StudyConfig, dcm2niix_version: str, date: str) -> None:
-    """Create or update the dataset-level files from what the dataset holds now."""
+def write_dataset_files(bids_dir: Path, config: StudyConfig, dcm2niix_version: str, date: str) -> list[str]:
+    """Create or update the dataset-level files from what the dataset holds now.
+
+    Returns the README/CHANGES stubs written this time, which the user should now edit.
+    """
     description_path = bids_dir / "dataset_description.json"
     if not description_path.is_file():
         description = {
@@ -61,11 +64,13 @@ def write_dataset_files(bids_dir: Path, config: StudyConfig, dcm2niix_version: s
             ],
         }
         _write_json_once(description_path, description)
+    stubs = []
     for name, stub in (("README.md", README_STUB), ("CHANGES", CHANGES_STUB)):
         path = bids_dir / name
         if not path.exists() and not (name == "README.md" and (bids_dir / "README").exists()):
             atomic_write_text(path, stub.format(name=config.dataset.get("Name", "qmrbids conversion"),
                                                 version=__version__, date=date))
+            stubs.append(name)
     subjects = sorted(p.name for p in bids_dir.glob("sub-*") if p.is_dir())
     participants = {r["participant_id"]: r for r in _read_tsv(bids_dir / "participants.tsv")}
     for subject in subjects:
@@ -88,3 +93,4 @@ def write_dataset_files(bids_dir: Path, config: StudyConfig, dcm2niix_version: s
             files = sorted(p.relative_to(level).as_posix() for p in level.glob("*/*.nii.gz"))
             if files:
                 _write_tsv(level / f"{prefix}_scans.tsv", [{"filename": f} for f in files], ["filename"])
+    return stubs

@@ -26,6 +26,8 @@ from qmrbids.schema import required_sidecar_fields
 
 EXTENSION_VERSION = "0.1.0"
 STATE_DIR = ".qmrbids"  # hidden: the BIDS validator ignores it
+#: BIDS sidecars, identifying fields left out, gzip, dcm2niix's own series merging only.
+DCM2NIIX_OPTIONS = ("-b", "y", "-ba", "y", "-z", "y", "-w", "1")
 
 
 @dataclass
@@ -72,21 +74,29 @@ def _existing_state(planned: PlannedSeries, bids_dir: Path, source_hash: str, co
     return "conflict" if "conflict" in states else "missing"
 
 
-def _stage_inputs(planned: PlannedSeries, folder: Path) -> Path:
+def _stage_inputs(planned: PlannedSeries, folder: Path) -> None:
     """The series' files in one folder for dcm2niix (links, or extracted archive members)."""
     folder.mkdir(parents=True)
-    first = None
     for index, (path, member) in enumerate(planned.series["files"]):
         target = folder / f"{index:06d}.dcm"
         if member or path.lower().endswith(".gz"):
             target.write_bytes(read_bytes(Source(path, member)))
         else:
             os.symlink(os.path.abspath(path), target)
-        first = first or target
+
+
+def _first_file(planned: PlannedSeries, work: Path) -> Path:
+    """A plain file holding the series' first DICOM (for header values dcm2niix does not give)."""
+    path, member = planned.series["files"][0]
+    if not member and not path.lower().endswith(".gz"):
+        return Path(path)
+    first = work / "first.dcm"
+    first.write_bytes(read_bytes(Source(path, member)))
     return first
 
 
-def _dcm2niix_outputs(folder: Path) -> list[dict]:
+def dcm2niix_outputs(folder: Path) -> list[dict]:
+    """What dcm2niix wrote into ``folder``: one record per NIfTI with its sidecar's metadata."""
     outputs = []
     for sidecar in sorted(folder.glob("*.json")):
         meta = json.loads(sidecar.read_text())
@@ -125,9 +135,31 @@ def _match(outputs: list[dict], planned: PlannedSeries) -> list[tuple[Output, di
     return pairs
 
 
+def _run_dcm2niix(planned: PlannedSeries, work: Path) -> list[dict]:
+    """dcm2niix on this series alone; raises ValueError with dcm2niix's last words when it fails."""
+    _stage_inputs(planned, work / "in")
+    out = work / "out"
+    out.mkdir()
+    timeout = 120 + 0.5 * planned.series["n_files"]
+    try:
+        run = subprocess.run([dcm2niix.bin, *DCM2NIIX_OPTIONS, "-f", "series", "-o", str(out), str(work / "in")],
+                             capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise ValueError("dcm2niix did not finish within its time limit") from None
+    outputs = dcm2niix_outputs(out)
+    if run.returncode != 0 or not outputs:
+        last = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ValueError(f"dcm2niix failed (exit {run.returncode}): {last[0]}")
+    return outputs
+
+
 def convert_series(planned: PlannedSeries, bids_dir: Path, staging: Path, config: StudyConfig, key: bytes,
-                   versions: dict, overwrite: bool) -> SeriesResult:
-    """Convert one planned series; never raises for bad data, the result says what happened."""
+                   versions: dict, overwrite: bool, premade: list[dict] | None = None) -> SeriesResult:
+    """Convert one planned series; never raises for bad data, the result says what happened.
+
+    ``premade`` are this series' outputs from a bulk dcm2niix pass (qmrbids.convert.bulk); when
+    they do not match the plan, dcm2niix runs again on the series alone.
+    """
     uid = planned.uid
     source_hash = series_hmac(uid, key)
     state = _existing_state(planned, bids_dir, source_hash, config)
@@ -138,19 +170,16 @@ def convert_series(planned: PlannedSeries, bids_dir: Path, staging: Path, config
                             "source or config; re-run with --overwrite to replace it")
     try:
         with staging_dir(staging, "series") as work:
-            first = _stage_inputs(planned, work / "in")
-            out = work / "out"
-            out.mkdir()
-            timeout = 120 + 0.5 * planned.series["n_files"]
-            run = subprocess.run([dcm2niix.bin, "-b", "y", "-ba", "y", "-z", "y", "-w", "1", "-f", "series", "-o", str(out),
-                                  str(work / "in")], capture_output=True, text=True, timeout=timeout, check=False)
-            outputs = _dcm2niix_outputs(out)
-            if run.returncode != 0 or not outputs:
-                last = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
-                return SeriesResult(uid, "failed", f"{planned.label}: dcm2niix failed (exit {run.returncode}): {last[0]}")
+            try:
+                pairs = _match(premade, planned) if premade else None
+            except ValueError:
+                pairs = None
+            if pairs is None:
+                pairs = _match(_run_dcm2niix(planned, work), planned)
+            first = _first_file(planned, work)
             result = SeriesResult(uid, "converted")
             staged = []
-            for target, made in _match(outputs, planned):
+            for target, made in pairs:
                 meta, missing = _sidecar(planned, target, made, first, config)
                 if missing:
                     result.warnings.append(f"{planned.label}: {Path(target.stem).name}: missing {', '.join(missing)}; "
@@ -168,8 +197,6 @@ def convert_series(planned: PlannedSeries, bids_dir: Path, staging: Path, config
             for target, made, meta in staged:
                 result.written.extend(_place(target, made, meta, bids_dir))
             return result
-    except subprocess.TimeoutExpired:
-        return SeriesResult(uid, "failed", f"{planned.label}: dcm2niix did not finish within its time limit")
     except (OSError, ValueError) as error:
         return SeriesResult(uid, "failed", f"{planned.label}: {error}")
 
