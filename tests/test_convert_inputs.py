@@ -173,3 +173,32 @@ def test_bulk_pass_and_series_by_series_conversion_give_the_same_dataset(tmp_pat
     series.pop("participants.tsv"), bulk.pop("participants.tsv")  # lists sub-other too
     assert bulk.keys() == series.keys() and len([k for k in bulk if k.endswith("_VFA.nii.gz")]) == 3
     assert bulk == series
+
+
+def test_siemens_tfl_b1map_series_become_tb1tfl_anat_and_famp(tmp_path):
+    """The two series of Siemens' TurboFLASH B1 map, made from a phantom series by header edits."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from qmrbids.phantom import PhantomSettings, write_phantom
+
+    write_phantom(tmp_path / "ph", PhantomSettings(protocols=("tb1dam",), matrix=16, slices=2))
+    base = next((tmp_path / "ph" / "dicom").glob("*_tb1dam_fa060"))
+    comments = {"anat": "anatomical image", "famp": "flip angle map, TraRefAmpl: 400.0 V"}
+    for number, (kind, comment) in enumerate(comments.items(), start=30):
+        series_uid = generate_uid()
+        (tmp_path / "b1" / kind).mkdir(parents=True)
+        for path in sorted(base.iterdir()):
+            ds = pydicom.dcmread(path)
+            ds.SequenceName, ds.ProtocolName, ds.SeriesDescription = "*tfl2d1_16", "tfl_b1map", "B1map"
+            ds.ImageComments, ds.SeriesNumber, ds.FlipAngle = comment, number, 8
+            ds.SeriesInstanceUID, ds.SOPInstanceUID = series_uid, generate_uid()
+            ds.save_as(tmp_path / "b1" / kind / path.name)
+    report = convert([tmp_path / "b1"], tmp_path / "ds", subject="01", jobs=1)
+    assert report.exit_code == 0
+    assert [(s.classification, s.rule) for s in report.series] == [
+        ("fmap/TB1TFL_acq-anat", "siemens-tb1tfl-anat"), ("fmap/TB1TFL_acq-famp", "siemens-tb1tfl-famp")]
+    assert all("ImageComments=(free text, matched)" in s.evidence for s in report.series)
+    famp = json.loads((tmp_path / "ds/sub-01/fmap/sub-01_acq-famp_TB1TFL.json").read_text())
+    assert "TraRefAmpl" not in json.dumps(famp)  # free text never reaches a sidecar, evidence included
+    assert bids_validator_errors(tmp_path / "ds") == []

@@ -149,8 +149,14 @@ def _format(value) -> str:
     return str(value)
 
 
+#: Free-text attributes rules may test but evidence never repeats (they can hold names; evidence
+#: is written into sidecars).
+FREE_TEXT = frozenset({"ImageComments"})
+
+
 def _evidence(rule: dict, condition: dict, series: dict) -> str:
-    shown = ", ".join(f"{k}={_format(series[k])}" for k in _attributes(condition) if k in series)
+    shown = ", ".join(f"{k}=(free text, matched)" if k in FREE_TEXT else f"{k}={_format(series[k])}"
+                      for k in _attributes(condition) if k in series)
     return f"rule {rule['id']}: {shown}"
 
 

@@ -31,6 +31,7 @@ TEXT_ATTRIBUTES = (
     "SOPInstanceUID", "SOPClassUID", "Modality", "Manufacturer", "ManufacturerModelName", "SoftwareVersions",
     "ImageType", "ScanningSequence", "SequenceVariant", "ScanOptions", "SequenceName", "MRAcquisitionType",
     "ImageOrientationPatient", "BurnedInAnnotation", "InPlanePhaseEncodingDirection", "FrameOfReferenceUID",
+    "ImageComments",
 )
 NUMBER_ATTRIBUTES = (
     "SeriesNumber", "InstanceNumber", "AcquisitionNumber", "EchoTime", "RepetitionTime", "InversionTime",

@@ -91,6 +91,7 @@ def series_table(files: pd.DataFrame) -> pd.DataFrame:
             "SequenceVariant": "\\".join(_tokens(group["SequenceVariant"])),
             "ScanOptions": "\\".join(_tokens(group["ScanOptions"])),
             "SequenceName": first["SequenceName"] or first["GEPulseSequence"],
+            "ImageComments": "\\".join(_distinct(group["ImageComments"])),
             "MRAcquisitionType": first["MRAcquisitionType"],
             "RepetitionTime": first["RepetitionTime"],
             "EchoTimes": echo_times,
