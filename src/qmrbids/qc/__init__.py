@@ -1,0 +1,1 @@
+"""Quality control: protocol compliance, image-quality metrics, phantom metrology, reports."""
