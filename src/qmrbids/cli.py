@@ -190,6 +190,61 @@ def convert(
     raise typer.Exit(report.exit_code)
 
 
+@app.command()
+def metrology(
+    dataset: Annotated[Path, typer.Argument(help="BIDS dataset whose derivatives/qmrbids holds fitted phantom maps.")],
+    reference: Annotated[str, typer.Option(help="nist-v1, nist-v2 or a TSV (label + one column per parameter, s).")] = "nist-v1",
+    labels: Annotated[Path | None, typer.Option(help="Label image of the spheres/regions on the maps' grid.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Phantom temperature during the scans (C).")] = None,
+    participant_label: Annotated[list[str] | None, typer.Option(help="Only these subjects (repeatable).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for the tables (default: DATASET/derivatives/qmrbids/metrology).")] = None,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="Report format on stdout.")] = OutputFormat.text,
+) -> None:
+    """Phantom metrology: bias against reference values, repeatability and reproducibility (QIBA)."""
+    from qmrbids.qc.metrology import MetrologyError
+    from qmrbids.qc.phantom_sessions import measure
+
+    if not dataset.is_dir():
+        raise UsageFailure(f"{dataset}: no such dataset folder")
+    target = output or dataset / "derivatives" / "qmrbids" / "metrology"
+    try:
+        report = measure(dataset, reference, labels, temperature, participant_label, target)
+    except MetrologyError as error:
+        raise UsageFailure(str(error)) from None
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps({"reference": report.reference, "summary": report.summary,
+                               "warnings": report.warnings, "written": report.written}, indent=2, default=float))
+    else:
+        _render_metrology(report, target)
+    raise typer.Exit(0)
+
+
+def _render_metrology(report, target: Path) -> None:
+    out = Console(highlight=False, width=max(160, Console().width))
+    table = Table(title=f"Accuracy against {report.reference}", box=box.SIMPLE)
+    for column in ("map", "regions", "median |bias| %", "max |bias| %", "slope", "intercept", "R2"):
+        table.add_column(column)
+    for (method, where), group in report.accuracy.groupby(["method", "subject"]):
+        for session, rows in group.groupby("session"):
+            name = f"sub-{where}" + (f" ses-{session}" if session != "n/a" else "")
+            line = report.summary["linearity"].get(f"{name} {method}", {})
+            bias = rows.loc[rows["in_sensitive_range"], "percent_bias"].abs()
+            table.add_row(f"{name} {method}", str(len(rows)),
+                          f"{bias.median():.2f}" if len(bias) else "-", f"{bias.max():.2f}" if len(bias) else "-",
+                          *(f"{line[k]:.4g}" if k in line else "-" for k in ("slope", "intercept", "r_squared")))
+    out.print(table)
+    for name, stats in report.summary["repeatability"].items():
+        out.print(f"repeatability {name}: wCV {stats['wcv_percent']:.2f} %, RC {stats['rc_percent']:.2f} % "
+                  f"({stats['n_regions']} regions, df {stats['df']})", markup=False)
+    for name, stats in report.summary["reproducibility"].items():
+        icc = f", ICC(A,1) {stats['icc_a1']:.4f}" if "icc_a1" in stats else ""
+        out.print(f"reproducibility {name}: RDC {stats.get('rdc_percent_rms', float('nan')):.2f} % (RMS over regions)"
+                  f"{icc}, sites {', '.join(stats['sites'])}", markup=False)
+    for warning in report.warnings:
+        err.print(f"qmrbids: warning: {warning}", markup=False)
+    err.print(f"qmrbids: metrology tables written to {target}", markup=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app and turn every failure into one line and an exit code."""
     command = typer.main.get_command(app)
