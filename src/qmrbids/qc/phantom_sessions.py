@@ -93,7 +93,7 @@ def _session_facts(dataset: Path, subject: str, session: str) -> dict:
             continue
         if "MagneticFieldStrength" in meta:
             facts.setdefault("field_strength", float(meta["MagneticFieldStrength"]))
-            facts.setdefault("scanner", " ".join(str(meta.get(k, "")) for k in ("Manufacturer", "ManufacturerModelName")
+            facts.setdefault("scanner", " ".join(str(meta.get(k, "")) for k in ("Manufacturer", "ManufacturersModelName")
                                                  ).strip())
             break
     facts["site"] = facts.get("site") or facts.get("scanner") or "site"
