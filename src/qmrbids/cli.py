@@ -212,3 +212,78 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- deidentify ---------------------------------------------------------------------------------
+def _render_check(report, output_format: OutputFormat) -> None:
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    for finding in report.findings:
+        typer.echo(str(finding))
+    err.print(f"qmrbids: checked {report.files_checked} files: "
+              + (f"{len(report.findings)} residual identifiers found" if report.findings else "no residual identifier found"),
+              markup=False)
+
+
+def _render_deidentify(report, output_format: OutputFormat) -> None:
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    for message in report.errors + report.refused:
+        err.print(f"qmrbids: error: {message}", markup=False)
+    subjects = ", ".join(f"{label} ({n} files)" for label, n in report.subjects.items()) or "none"
+    err.print(f"qmrbids: {report.files_scanned} files scanned ({report.non_dicom_skipped} not DICOM, "
+              f"{report.non_image_skipped} not images); {report.written} de-identified into {report.out_dir}, "
+              f"{len(report.refused)} refused, {len(report.errors)} failed; subjects: {subjects}; "
+              f"options: {', '.join(report.options)}", markup=False)
+
+
+@app.command()
+def deidentify(
+    sources: Annotated[list[Path], typer.Argument(help="DICOM folders, files, archives; with --check, what to check.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for the de-identified DICOM.")] = None,
+    key_file: Annotated[Path | None, typer.Option(help="Secret key file (keyed UIDs, date shifts, pseudonyms).")] = None,
+    map_file: Annotated[Path | None, typer.Option("--map", help="Research-ID map (TSV), kept outside the output.")] = None,
+    date_shift: Annotated[str, typer.Option(help="auto (per subject, from the key), none (remove dates) or DAYS.")] = "auto",
+    keep_device_identity: Annotated[bool, typer.Option("--keep-device-identity",
+                                                       help="Keep device identifiers, pseudonymised.")] = False,
+    include_burned_in: Annotated[bool, typer.Option("--include-burned-in",
+                                                    help="Also de-identify burned-in/secondary-capture images.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Look for residual identifiers in DICOM or BIDS; write nothing.")] = False,
+    jobs: Annotated[int | None, typer.Option(help="Parallel jobs (default: number of cores).")] = None,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="Report format.")] = OutputFormat.text,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """De-identify DICOM (PS3.15 Annex E Basic Profile), or check DICOM/BIDS for residual identifiers."""
+    import os
+
+    from qmrbids.deid_check import check as run_check
+    from qmrbids.dicom.deidentify import DeidentifyError, Options, load_key, parse_date_shift
+    from qmrbids.dicom.deidentify import deidentify as run_deidentify
+    from qmrbids.dicom.research_ids import ResearchIdError, outside
+
+    for source in sources:
+        if not source.exists():
+            raise UsageFailure(f"{source}: no such file or folder")
+    if check:
+        report = run_check(sources)
+        _render_check(report, output_format)
+        raise typer.Exit(report.exit_code)
+    if output is None or key_file is None:
+        raise UsageFailure("deidentify needs --output and --key-file (or --check to check PATH)")
+    if output.exists() and not output.is_dir():
+        raise UsageFailure(f"{output}: exists and is not a folder")
+    if not outside(key_file, output):
+        raise UsageFailure(f"{key_file}: the key file must be kept outside the output folder {output}")
+    if jobs is not None and jobs < 1:
+        raise UsageFailure(f"--jobs must be at least 1, not {jobs}")
+    try:
+        options = Options(load_key(key_file), parse_date_shift(date_shift), keep_device_identity, include_burned_in)
+        with _progress(quiet) as progress:
+            task = progress.add_task("de-identifying", total=None)
+            report = run_deidentify(sources, output, options, map_path=map_file, jobs=jobs or os.cpu_count() or 1,
+                                    on_file=lambda: progress.advance(task))
+    except (DeidentifyError, ResearchIdError) as error:
+        raise UsageFailure(str(error)) from None
+    _render_deidentify(report, output_format)
+    raise typer.Exit(report.exit_code)
