@@ -154,6 +154,9 @@ def convert(
     jobs: Annotated[int | None, typer.Option(help="Parallel jobs (default: number of cores).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace conflicting targets.")] = False,
+    deidentify: Annotated[bool, typer.Option("--deidentify", help="De-identify (PS3.15 Annex E) on the way.")] = False,
+    key_file: Annotated[Path | None, typer.Option(help="Secret key file for --deidentify.")] = None,
+    map_file: Annotated[Path | None, typer.Option("--map", help="Research-ID map (TSV) for --deidentify.")] = None,
     output_format: Annotated[OutputFormat, typer.Option("--format", help="Report format.")] = OutputFormat.text,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
@@ -174,12 +177,13 @@ def convert(
             raise UsageFailure(f"{source}: no such file or folder")
     if output.exists() and not output.is_dir():
         raise UsageFailure(f"{output}: exists and is not a folder")
+    options = _deidentify_options(deidentify, key_file, map_file, output)
     with _progress(quiet) as progress:
         scanning = progress.add_task("scanning", total=None)
         converting = progress.add_task("converting", total=None, visible=False)
         report = run_convert(
             sources, output, study, subject=subject, session=session, jobs=jobs, dry_run=dry_run,
-            overwrite=overwrite, on_scan=lambda n: progress.advance(scanning, n),
+            overwrite=overwrite, deidentify=options, map_path=map_file, on_scan=lambda n: progress.advance(scanning, n),
             on_planned=lambda n: progress.update(converting, total=n, visible=not dry_run),
             on_series=lambda result: progress.advance(converting),
         )
@@ -236,6 +240,26 @@ def _render_deidentify(report, output_format: OutputFormat) -> None:
               f"{report.non_image_skipped} not images); {report.written} de-identified into {report.out_dir}, "
               f"{len(report.refused)} refused, {len(report.errors)} failed; subjects: {subjects}; "
               f"options: {', '.join(report.options)}", markup=False)
+
+
+def _deidentify_options(deidentify: bool, key_file: Path | None, map_file: Path | None, output: Path):
+    """De-identification options of ``convert`` (None without --deidentify)."""
+    from qmrbids.dicom.deidentify import DeidentifyError, Options, load_key
+    from qmrbids.dicom.research_ids import outside
+
+    if not deidentify:
+        if key_file or map_file:
+            raise UsageFailure("--key-file and --map go with --deidentify")
+        return None
+    if key_file is None:
+        raise UsageFailure("--deidentify needs --key-file")
+    for path, what in ((key_file, "key file"), (map_file, "research-ID map")):
+        if path is not None and not outside(path, output):
+            raise UsageFailure(f"{path}: the {what} must be kept outside the dataset {output}")
+    try:
+        return Options(load_key(key_file))
+    except DeidentifyError as error:
+        raise UsageFailure(str(error)) from None
 
 
 @app.command()

@@ -13,6 +13,8 @@ from qmrbids.convert.dataset import write_dataset_files
 from qmrbids.convert.plan import PlannedSeries, plan
 from qmrbids.convert.run import STATE_DIR, SeriesResult, convert_series, dataset_key, dcm2niix_version
 from qmrbids.dicom.classify import classify
+from qmrbids.dicom.deidentify import DeidentifyError, Options
+from qmrbids.dicom.research_ids import ResearchIds, outside
 from qmrbids.dicom.scan import scan
 from qmrbids.dicom.series import series_table
 from qmrbids.io import staging_dir
@@ -71,20 +73,32 @@ def _classification_text(p: PlannedSeries) -> str:
 
 def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = None, *, subject: str | None = None,
             session: str | None = None, jobs: int | None = None, dry_run: bool = False, overwrite: bool = False,
+            deidentify: Options | None = None, map_path: Path | None = None,
             on_scan: Callable[[int], None] | None = None,
             on_series: Callable[[SeriesResult], None] | None = None,
             on_planned: Callable[[int], None] | None = None) -> ConvertReport:
-    """Scan, classify, plan and (unless ``dry_run``) convert ``sources`` into the BIDS dataset ``bids_dir``."""
+    """Scan, classify, plan and (unless ``dry_run``) convert ``sources`` into the BIDS dataset ``bids_dir``.
+
+    With ``deidentify``, every file is de-identified (PS3.15 Annex E, :mod:`qmrbids.dicom.deidentify`)
+    before dcm2niix sees it, subject labels are research IDs (``map_path`` or keyed), and keyed
+    hashes use the user's key, which never enters the dataset.
+    """
     config = config or StudyConfig()
     jobs = jobs or os.cpu_count() or 1
     bids_dir = Path(bids_dir)
+    if map_path is not None and not outside(map_path, bids_dir):
+        raise DeidentifyError(f"{map_path}: the research-ID map must be kept outside the dataset {bids_dir}")
     scanned = scan([Path(s) for s in sources], jobs=jobs, on_progress=on_scan)
     orphans = scanned.errors[~scanned.errors["SeriesInstanceUID"].fillna("").astype(bool)]
     report = ConvertReport(str(bids_dir), dry_run, len(scanned.files) + scanned.skipped_non_dicom,
                            scanned.skipped_non_dicom, [str(e) for e in orphans["error"]])
     table = series_table(scanned.files)
     classes = classify(table, config.rules) if len(table) else {}
-    planned = plan(table, classes, config, subject, session) if len(table) else []
+    ids = research_ids = None
+    if deidentify is not None and len(table):
+        ids = ResearchIds(deidentify.key, map_path)
+        research_ids = ids.assign(sorted(set(table["PatientID"].fillna(""))))
+    planned = plan(table, classes, config, subject, session, research_ids) if len(table) else []
     entries = {}
     for p in planned:
         entries[p.uid] = SeriesReport(
@@ -102,11 +116,13 @@ def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = No
     if dry_run or not todo:
         return report
     bids_dir.mkdir(parents=True, exist_ok=True)
-    key = dataset_key(bids_dir)
+    key = deidentify.key if deidentify is not None else dataset_key(bids_dir)
     versions = {"dcm2niix": dcm2niix_version()}
+    if ids is not None:
+        ids.save()
     with staging_dir(bids_dir / STATE_DIR, "convert") as staging:
         def work(p: PlannedSeries) -> SeriesResult:
-            return convert_series(p, bids_dir, staging, config, key, versions, overwrite)
+            return convert_series(p, bids_dir, staging, config, key, versions, overwrite, deidentify)
 
         for result in map_unordered(work, todo, jobs):
             entry = entries[result.uid]

@@ -18,8 +18,10 @@ import dcm2niix
 
 from qmrbids import __version__
 from qmrbids.convert.config import StudyConfig
+from qmrbids.convert.nifti import clean_nifti
 from qmrbids.convert.plan import Output, PlannedSeries
 from qmrbids.convert.sidecars import PROVENANCE_KEY, derive_fields, scrub, series_hmac, sha256_file
+from qmrbids.dicom.deidentify import Options, Refused, deidentify_bytes
 from qmrbids.dicom.scan import Source, read_bytes
 from qmrbids.io import atomic_write_bytes, atomic_write_text, staging_dir
 from qmrbids.schema import required_sidecar_fields
@@ -72,13 +74,16 @@ def _existing_state(planned: PlannedSeries, bids_dir: Path, source_hash: str, co
     return "conflict" if "conflict" in states else "missing"
 
 
-def _stage_inputs(planned: PlannedSeries, folder: Path) -> Path:
-    """The series' files in one folder for dcm2niix (links, or extracted archive members)."""
+def _stage_inputs(planned: PlannedSeries, folder: Path, deidentify: Options | None) -> Path:
+    """The series' files in one folder for dcm2niix: links or extracted archive members, or,
+    when de-identifying, de-identified copies (dcm2niix never sees an identifier)."""
     folder.mkdir(parents=True)
     first = None
     for index, (path, member) in enumerate(planned.series["files"]):
         target = folder / f"{index:06d}.dcm"
-        if member or path.lower().endswith(".gz"):
+        if deidentify is not None:
+            target.write_bytes(deidentify_bytes(read_bytes(Source(path, member)), deidentify, planned.subject)[0])
+        elif member or path.lower().endswith(".gz"):
             target.write_bytes(read_bytes(Source(path, member)))
         else:
             os.symlink(os.path.abspath(path), target)
@@ -126,8 +131,10 @@ def _match(outputs: list[dict], planned: PlannedSeries) -> list[tuple[Output, di
 
 
 def convert_series(planned: PlannedSeries, bids_dir: Path, staging: Path, config: StudyConfig, key: bytes,
-                   versions: dict, overwrite: bool) -> SeriesResult:
-    """Convert one planned series; never raises for bad data, the result says what happened."""
+                   versions: dict, overwrite: bool, deidentify: Options | None = None) -> SeriesResult:
+    """Convert one planned series; never raises for bad data, the result says what happened.
+
+    De-identified sidecars carry no conversion time (it would date the acquisition)."""
     uid = planned.uid
     source_hash = series_hmac(uid, key)
     state = _existing_state(planned, bids_dir, source_hash, config)
@@ -138,7 +145,7 @@ def convert_series(planned: PlannedSeries, bids_dir: Path, staging: Path, config
                             "source or config; re-run with --overwrite to replace it")
     try:
         with staging_dir(staging, "series") as work:
-            first = _stage_inputs(planned, work / "in")
+            first = _stage_inputs(planned, work / "in", deidentify)
             out = work / "out"
             out.mkdir()
             timeout = 120 + 0.5 * planned.series["n_files"]
@@ -151,6 +158,7 @@ def convert_series(planned: PlannedSeries, bids_dir: Path, staging: Path, config
             result = SeriesResult(uid, "converted")
             staged = []
             for target, made in _match(outputs, planned):
+                clean_nifti(made["nifti"])
                 meta, missing = _sidecar(planned, target, made, first, config)
                 if missing:
                     result.warnings.append(f"{planned.label}: {Path(target.stem).name}: missing {', '.join(missing)}; "
@@ -158,7 +166,8 @@ def convert_series(planned: PlannedSeries, bids_dir: Path, staging: Path, config
                 meta[PROVENANCE_KEY] = {
                     "QmrbidsVersion": __version__, "SchemaVersion": EXTENSION_VERSION,
                     "Dcm2niixVersion": versions["dcm2niix"],
-                    "ConvertedAt": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                    **({} if deidentify else {"ConvertedAt": datetime.now(timezone.utc).isoformat(timespec="seconds")
+                                              .replace("+00:00", "Z")}),
                     "Rule": planned.classification.rule, "Evidence": planned.classification.evidence,
                     "StudyConfigSHA256": config.digest, "SourceFileCount": int(planned.series["n_files"]),
                     "SourceSeriesHMAC": source_hash, "NiftiSHA256": sha256_file(made["nifti"]),
@@ -170,6 +179,8 @@ def convert_series(planned: PlannedSeries, bids_dir: Path, staging: Path, config
             return result
     except subprocess.TimeoutExpired:
         return SeriesResult(uid, "failed", f"{planned.label}: dcm2niix did not finish within its time limit")
+    except Refused as reason:
+        return SeriesResult(uid, "failed", f"{planned.label}: not de-identified: {reason}")
     except (OSError, ValueError) as error:
         return SeriesResult(uid, "failed", f"{planned.label}: {error}")
 
