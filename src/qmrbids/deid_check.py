@@ -127,7 +127,7 @@ def _check_items(ds: Dataset, prefix: str, claims: set[str], removed: bool, add)
                 continue
             creator = ds.get((tag.group << 16) | (number >> 8)) if number >= 0x1000 else None
             name = _text(creator.value).upper() if creator is not None else ""
-            if not (safe_claimed and (tag.group, name, number & 0xFF) in p.safe_private):
+            if not (safe_claimed and p.is_safe_private(tag.group, name, number & 0xFF)):
                 if element.VR == "SQ" or value:
                     add(location, f"private tag outside the safe list ({name or 'no creator'})", value)
             if element.VR == "SQ":
@@ -152,8 +152,8 @@ def _check_items(ds: Dataset, prefix: str, claims: set[str], removed: bool, add)
                 add(location, "patient identifier", value)
             continue
         if rule is None:
-            if element.VR in ("LT", "ST", "UT"):
-                add(location, "free text", value)
+            if element.VR in ("LT", "ST", "UT") and (real_dates(value) or _ID_LIKE.search(value)):
+                add(location, "free text holds a date or ID-like number", value)
             continue
         if rule.basic == "U" and removed:
             continue

@@ -42,6 +42,8 @@ SHIFT_BASE_DAYS = 150 * 365
 SHIFT_SPREAD_DAYS = 3653
 _DATE_TOKEN = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}")
 _TOKEN = re.compile(r"[A-Za-z0-9]+")
+_REAL_DATE = re.compile(r"(?<!\d)(19[2-9]\d|20\d\d)(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)"
+                        r"|(?<!\d)(19[2-9]\d|20\d\d)-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])(?!\d)")
 
 
 class DeidentifyError(ValueError):
@@ -102,9 +104,18 @@ class Profile:
     masks: tuple[tuple[int, int, Rule], ...]  # (mask, value, rule) for repeating groups 50xx/60xx
     clean: frozenset[int]
     safe_private: frozenset[tuple[int, str, int]]
+    safe_blocks: frozenset[tuple[int, str]]  # creators whose whole block is kept
+    unsafe_private: frozenset[tuple[int, str, int]]
     safe_creators: frozenset[tuple[int, str]]
     codes: dict[str, tuple[str, str]]
     dummy: dict[str, str]
+
+    def is_safe_private(self, group: int, creator: str, element: int) -> bool:
+        """Whether private element byte ``element`` of ``creator``'s block in ``group`` is kept."""
+        key = (group, creator.strip().upper(), element)
+        if key in self.unsafe_private:
+            return False
+        return key in self.safe_private or key[:2] in self.safe_blocks
 
     def rule(self, tag: int) -> Rule | None:
         found = self.rules.get(tag)
@@ -129,10 +140,13 @@ def profile() -> Profile:
             masks.append((mask, int(tag.replace("X", "0"), 16), rule))
         else:
             rules[int(tag, 16)] = rule
-    safe = {(int(g), str(c).upper(), int(e)) for entries in data["safe_private"].values() for g, c, e, _ in entries}
-    return Profile(rules, tuple(masks), frozenset(int(t, 16) for t in data["clean_descriptors"]), frozenset(safe),
-                   frozenset((g, c) for g, c, _ in safe), {k: tuple(v) for k, v in data["method_codes"].items()},
-                   data["dummy"])
+    entries = [(int(g), str(c).upper(), e) for listed in data["safe_private"].values() for g, c, e, _ in listed]
+    safe = frozenset((g, c, int(e)) for g, c, e in entries if e != "*")
+    blocks = frozenset((g, c) for g, c, e in entries if e == "*")
+    unsafe = frozenset((int(g), str(c).upper(), int(e)) for g, c, e, _ in data["unsafe_private"])
+    return Profile(rules, tuple(masks), frozenset(int(t, 16) for t in data["clean_descriptors"]), safe, blocks, unsafe,
+                   frozenset((g, c) for g, c, _ in safe) | blocks,
+                   {k: tuple(v) for k, v in data["method_codes"].items()}, data["dummy"])
 
 
 def _mac(key: bytes, purpose: str, value: str) -> bytes:
@@ -289,6 +303,19 @@ def _apply(ds: Dataset, tag, element, action: str, ctx: _Context) -> None:
             _walk(item, ctx)
 
 
+def _leaks(element, ctx: _Context) -> bool:
+    """Safety net for kept private text: a real-looking date or an identifying value of the file."""
+    if element.VR in ("SQ", "OB", "OW", "OF", "OD", "OL", "FL", "FD", "US", "SS", "UL", "SL"):
+        return False
+    value = element.value
+    text = value.decode("latin-1", "replace") if isinstance(value, bytes | bytearray) else str(value)
+    if len(text) > 4096:  # large text blobs (XProtocol) are parameter dumps, not free text
+        return False
+    if _REAL_DATE.search(text):
+        return True
+    return any(t.upper() in ctx.identifiers for t in _TOKEN.findall(text) if len(t) >= 3)
+
+
 def _walk(ds: Dataset, ctx: _Context) -> None:
     """Apply the profile to every element of ``ds`` and of its nested sequences."""
     p = profile()
@@ -304,7 +331,7 @@ def _walk(ds: Dataset, ctx: _Context) -> None:
             block = (group << 16) | (number >> 8)
             creator = ds.get(block)
             name = str(creator.value).strip().upper() if creator is not None and number >= 0x1000 else ""
-            if (group, name, number & 0xFF) in p.safe_private:
+            if p.is_safe_private(group, name, number & 0xFF) and not _leaks(element, ctx):
                 kept_blocks.add((group, number >> 8))
                 if element.VR == "SQ":
                     for item in element.value or []:
