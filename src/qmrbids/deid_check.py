@@ -86,6 +86,19 @@ def _text(value) -> str:
     return "" if value is None else str(value).strip()
 
 
+def _flatten(items) -> str:
+    """The text values inside sequence items, for a finding's value."""
+    parts = []
+    for item in items:
+        for element in item:
+            if element.VR == "SQ":
+                parts.append(f"{element.keyword}=[{_flatten(element.value or [])}]")
+            elif element.VR in ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UI",
+                                "UT", "UC"):
+                parts.append(f"{element.keyword or element.tag}={_text(element.value)}")
+    return "; ".join(parts)
+
+
 def _claims(ds: Dataset) -> set[str]:
     return {str(item.get("CodeValue", "")).strip() for item in ds.get("DeidentificationMethodCodeSequence", [])
             if str(item.get("CodingSchemeDesignator", "")).strip() == "DCM"}
@@ -129,7 +142,8 @@ def _check_items(ds: Dataset, prefix: str, claims: set[str], removed: bool, add)
             name = _text(creator.value).upper() if creator is not None else ""
             if not (safe_claimed and p.is_safe_private(tag.group, name, number & 0xFF)):
                 if element.VR == "SQ" or value:
-                    add(location, f"private tag outside the safe list ({name or 'no creator'})", value)
+                    shown = _flatten(element.value or []) if element.VR == "SQ" else value
+                    add(location, f"private tag outside the safe list ({name or 'no creator'})", shown)
             if element.VR == "SQ":
                 for index, item in enumerate(element.value or []):
                     _check_items(item, f"{location}[{index}].", claims, removed, add)
@@ -138,13 +152,13 @@ def _check_items(ds: Dataset, prefix: str, claims: set[str], removed: bool, add)
         if element.VR == "SQ":
             items = element.value or []
             if rule is not None and items and not (rule.device and "113109" in claims):
-                add(location, "profile sequence still holds items", f"{len(items)} item(s)")
+                add(location, "profile sequence still holds items", f"{len(items)} item(s): {_flatten(items)}")
             for index, item in enumerate(items):
                 _check_items(item, f"{location}[{index}].", claims, removed, add)
             continue
         if not value:
             continue
-        if element.VR in ("DA", "DT") and real_dates(value):
+        if element.VR in ("DA", "DT") and real_dates(re.sub(r"(\d{8})\d+", r"\1", value)):
             add(location, "real-looking date", value)
             continue
         if tag in (PATIENT_ID, PATIENT_NAME):

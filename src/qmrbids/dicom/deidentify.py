@@ -297,7 +297,8 @@ def _apply(ds: Dataset, tag, element, action: str, ctx: _Context) -> None:
             _set(element, [_shift_da(str(v), ctx.days) for v in _values(element)])
         elif vr == "DT":
             _set(element, [_shift_dt(str(v), ctx.days) for v in _values(element)])
-        # TM and timezone keep their values: the shift is a whole number of days
+        elif vr != "TM":  # times keep their values (the shift is whole days); a timezone would locate the site
+            del ds[tag]
     elif action == "K" and vr == "SQ":
         for item in element.value or []:
             _walk(item, ctx)
