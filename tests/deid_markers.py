@@ -61,7 +61,7 @@ def _nested_item(planted: Planted, tag: int) -> Dataset:
 def plant(ds: Dataset, planted: Planted) -> None:
     """Fill ``ds`` with markers in every profile attribute, nested sequences and private tags."""
     original_pid = str(ds.get("PatientID", ""))
-    for index, (tag, rule) in enumerate(sorted(profile().rules.items())):
+    for index, tag in enumerate(sorted(profile().rules)):
         if tag >> 16 in SKIP_GROUPS or tag in DESCRIPTORS:
             continue
         try:

@@ -6,7 +6,9 @@ Every failure is one line on stderr, ``qmrbids: error: ...``; never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from enum import Enum
@@ -178,7 +180,10 @@ def convert(
     if output.exists() and not output.is_dir():
         raise UsageFailure(f"{output}: exists and is not a folder")
     options = _deidentify_options(deidentify, key_file, map_file, output)
-    with _progress(quiet) as progress:
+    from qmrbids.dicom.deidentify import DeidentifyError
+    from qmrbids.dicom.research_ids import ResearchIdError
+
+    with _progress(quiet) as progress, _usage_errors(DeidentifyError, ResearchIdError):
         scanning = progress.add_task("scanning", total=None)
         converting = progress.add_task("converting", total=None, visible=False)
         report = run_convert(
@@ -242,6 +247,15 @@ def _render_deidentify(report, output_format: OutputFormat) -> None:
               f"options: {', '.join(report.options)}", markup=False)
 
 
+@contextlib.contextmanager
+def _usage_errors(*kinds):
+    """Turn the library's own 'cannot run as asked' errors into a usage failure (exit 2)."""
+    try:
+        yield
+    except kinds as error:
+        raise UsageFailure(str(error)) from None
+
+
 def _deidentify_options(deidentify: bool, key_file: Path | None, map_file: Path | None, output: Path):
     """De-identification options of ``convert`` (None without --deidentify)."""
     from qmrbids.dicom.deidentify import DeidentifyError, Options, load_key
@@ -279,8 +293,6 @@ def deidentify(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """De-identify DICOM (PS3.15 Annex E Basic Profile), or check DICOM/BIDS for residual identifiers."""
-    import os
-
     from qmrbids.deid_check import check as run_check
     from qmrbids.dicom.deidentify import DeidentifyError, Options, load_key, parse_date_shift
     from qmrbids.dicom.deidentify import deidentify as run_deidentify
@@ -290,7 +302,7 @@ def deidentify(
         if not source.exists():
             raise UsageFailure(f"{source}: no such file or folder")
     if check:
-        report = run_check(sources)
+        report = run_check(sources)  # sources exist: checked above
         _render_check(report, output_format)
         raise typer.Exit(report.exit_code)
     if output is None or key_file is None:
@@ -301,13 +313,11 @@ def deidentify(
         raise UsageFailure(f"{key_file}: the key file must be kept outside the output folder {output}")
     if jobs is not None and jobs < 1:
         raise UsageFailure(f"--jobs must be at least 1, not {jobs}")
-    try:
+    with _usage_errors(DeidentifyError, ResearchIdError):
         options = Options(load_key(key_file), parse_date_shift(date_shift), keep_device_identity, include_burned_in)
         with _progress(quiet) as progress:
             task = progress.add_task("de-identifying", total=None)
             report = run_deidentify(sources, output, options, map_path=map_file, jobs=jobs or os.cpu_count() or 1,
                                     on_file=lambda: progress.advance(task))
-    except (DeidentifyError, ResearchIdError) as error:
-        raise UsageFailure(str(error)) from None
     _render_deidentify(report, output_format)
     raise typer.Exit(report.exit_code)

@@ -216,7 +216,7 @@ def _check_dicom_tree(root: Path, report: CheckReport) -> None:
 
 def _identifying_keys() -> set[str]:
     keys = set(sidecar_rules()["scrub"])
-    for tag, rule in profile().rules.items():
+    for tag in profile().rules:
         keyword = pydicom.datadict.keyword_for_tag(tag)
         if keyword:
             keys.add(keyword)
