@@ -341,3 +341,32 @@ def test_clean_nifti_keeps_voxels_and_drops_the_time(tmp_path):
     first = path.read_bytes()
     clean_nifti(path)
     assert path.read_bytes() == first
+
+
+def test_check_finds_identifiers_in_a_bids_dataset(planted, tmp_path):
+    source, _ = planted("ge")
+    dataset = tmp_path / "bids"
+    assert convert([source], dataset, deidentify=Options(KEY), jobs=2).exit_code == 0
+    assert check([dataset]).findings == []
+    (sidecar,) = [p for p in dataset.rglob("*_run-1_dwi.json")]
+    meta = json.loads(sidecar.read_text())
+    meta.update({"AcquisitionDateTime": "2019-03-14T10:15:00", "InstitutionName": "General Hospital",
+                 "SeriesDescription": "dwi 14.03.2019"})
+    sidecar.write_text(json.dumps(meta))
+    (scans,) = dataset.rglob("*_scans.tsv")
+    scans.write_text("filename\tacq_time\nanat/flip-1_VFA.nii.gz\t2019-03-14T10:15:00\n")
+    vfa = next(dataset.rglob("*_VFA.nii.gz"))
+    image = nib.load(vfa)
+    image.header["descrip"] = b"TE=2;Time=101500.000"
+    raw = gzip.compress(image.to_bytes(), mtime=1_600_000_000)
+    flip9 = "flip-9_VFA.nii.gz"
+    (vfa.parent / flip9).write_bytes(raw[:3] + b"\x08" + raw[4:10] + b"n\0" + raw[10:])
+    (vfa.parent / "20190314").mkdir()
+    found = {(Path(f.path).name, f.location, f.kind) for f in check([dataset]).findings}
+    assert (sidecar.name, "AcquisitionDateTime", "identifying field") in found
+    assert (sidecar.name, "InstitutionName", "identifying field") in found
+    assert (sidecar.name, "SeriesDescription", "real-looking date") in found
+    assert (scans.name, "line 2", "real-looking date") in found
+    assert {(flip9, "NIfTI descrip", "acquisition time or date"), (flip9, "gzip header", "carries a file name (FNAME)"),
+            (flip9, "gzip header", "carries a modification time (MTIME)")} <= found
+    assert ("20190314", "name", "real-looking date in a name") in found

@@ -29,6 +29,7 @@ from qmrbids.dicom.scan import iter_sources, read_bytes
 FIRST_REAL_YEAR = 1925  # BIDS: de-identified dates are shifted to 1925 or earlier
 _COMPACT_DATE = re.compile(r"(?<!\d)(\d{4})(\d{2})(\d{2})(?!\d)")
 _ISO_DATE = re.compile(r"(?<!\d)(\d{4})[-./](\d{1,2})[-./](\d{1,2})(?!\d)")
+_DAY_FIRST = re.compile(r"(?<!\d)(\d{1,2})[-./](\d{1,2})[-./](\d{4})(?!\d)")  # 14.03.2019 or 03/14/2019
 _ID_LIKE = re.compile(r"\d{5,}")
 _CLOCK = re.compile(r"\bTime=")
 PATIENT_ID, PATIENT_NAME = 0x00100020, 0x00100010
@@ -66,15 +67,18 @@ class CheckReport:
 def real_dates(text: str) -> list[str]:
     """Date-like tokens of ``text`` that fall in 1925 .. next year (shifted dates fall earlier)."""
     found = []
-    for pattern in (_COMPACT_DATE, _ISO_DATE):
+    for pattern in (_COMPACT_DATE, _ISO_DATE, _DAY_FIRST):
         for match in pattern.finditer(text):
-            year, month, day = (int(g) for g in match.groups())
-            try:
-                date(year, month, day)
-            except ValueError:
-                continue
-            if FIRST_REAL_YEAR <= year <= date.today().year + 1:
-                found.append(match.group(0))
+            a, b, c = (int(g) for g in match.groups())
+            readings = [(a, b, c)] if pattern is not _DAY_FIRST else [(c, b, a), (c, a, b)]
+            for year, month, day in readings:
+                try:
+                    date(year, month, day)
+                except ValueError:
+                    continue
+                if FIRST_REAL_YEAR <= year <= date.today().year + 1:
+                    found.append(match.group(0))
+                    break
     return found
 
 

@@ -197,7 +197,6 @@ def refusal(ds: Dataset) -> str:
 @dataclass
 class _Context:
     options: Options
-    research_id: str
     days: int | None
     identifiers: set[str] = field(default_factory=set)
 
@@ -394,7 +393,7 @@ def deidentify_dataset(ds: Dataset, options: Options, research_id: str) -> Datas
     """De-identify ``ds`` in place (raises :class:`Refused` for burned-in annotation)."""
     if not options.include_burned_in and (reason := refusal(ds)):
         raise Refused(reason)
-    ctx = _Context(options, research_id, shift_days(str(ds.get("PatientID", "")).strip(), options))
+    ctx = _Context(options, shift_days(str(ds.get("PatientID", "")).strip(), options))
     _collect_identifiers(ds, options, ctx.identifiers)
     _walk(ds, ctx)
     ds.PatientID = research_id
