@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -187,6 +188,9 @@ def test_same_key_same_bytes_other_key_other_uids(planted, tmp_path):
     assert len(uids) == len(other_uids) == 1 and uids != other_uids
     pixels = sorted(pydicom.dcmread(tmp_path / "a" / f).PixelData for f in files)
     assert pixels == sorted(pydicom.dcmread(f).PixelData for f in other)
+    archive = shutil.make_archive(str(tmp_path / "source"), "zip", source)  # archives read like folders
+    _deidentify(Path(archive), tmp_path / "zipped")
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "zipped" / f).read_bytes() for f in files)
     a, b = tmp_path / "x", tmp_path / "y"
     convert([source], a, deidentify=Options(KEY), jobs=2)
     convert([source], b, deidentify=Options(KEY), jobs=2)
