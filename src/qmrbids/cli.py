@@ -164,6 +164,8 @@ def convert(
 ) -> None:
     """Convert vendor DICOM into a qMRI-BIDS dataset, explaining every series."""
     from qmrbids.convert import ConfigError, convert as run_convert, load_config
+    from qmrbids.dicom.deidentify import DeidentifyError
+    from qmrbids.dicom.research_ids import ResearchIdError
 
     for label, value in (("--subject", subject), ("--session", session)):
         if value is not None and not value.isalnum():
@@ -180,9 +182,6 @@ def convert(
     if output.exists() and not output.is_dir():
         raise UsageFailure(f"{output}: exists and is not a folder")
     options = _deidentify_options(deidentify, key_file, map_file, output)
-    from qmrbids.dicom.deidentify import DeidentifyError
-    from qmrbids.dicom.research_ids import ResearchIdError
-
     with _progress(quiet) as progress, _usage_errors(DeidentifyError, ResearchIdError):
         scanning = progress.add_task("scanning", total=None)
         converting = progress.add_task("converting", total=None, visible=False)
