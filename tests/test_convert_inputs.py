@@ -157,9 +157,9 @@ def test_bulk_pass_and_series_by_series_conversion_give_the_same_dataset(tmp_pat
     calls = []
     real = api.convert_series
 
-    def recording(planned, *args):
-        calls.append((planned.series["SeriesNumber"], args[-1] is not None))
-        return real(planned, *args)
+    def recording(planned, bids_dir, staging, config, key, versions, overwrite, premade, deidentify):
+        calls.append((planned.series["SeriesNumber"], premade is not None))
+        return real(planned, bids_dir, staging, config, key, versions, overwrite, premade, deidentify)
 
     monkeypatch.setattr(api, "convert_series", recording)
     fresh = convert(sources, tmp_path / "bulk", jobs=1)  # a new dataset: dcm2niix runs during the scan

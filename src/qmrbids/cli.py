@@ -6,7 +6,9 @@ Every failure is one line on stderr, ``qmrbids: error: ...``; never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from enum import Enum
@@ -157,11 +159,16 @@ def convert(
     jobs: Annotated[int | None, typer.Option(help="Parallel jobs (default: number of cores).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace conflicting targets.")] = False,
+    deidentify: Annotated[bool, typer.Option("--deidentify", help="De-identify (PS3.15 Annex E) on the way.")] = False,
+    key_file: Annotated[Path | None, typer.Option(help="Secret key file for --deidentify.")] = None,
+    map_file: Annotated[Path | None, typer.Option("--map", help="Research-ID map (TSV) for --deidentify.")] = None,
     output_format: Annotated[OutputFormat, typer.Option("--format", help="Report format.")] = OutputFormat.text,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Convert vendor DICOM into a qMRI-BIDS dataset, explaining every series."""
     from qmrbids.convert import ConfigError, convert as run_convert, load_config
+    from qmrbids.dicom.deidentify import DeidentifyError
+    from qmrbids.dicom.research_ids import ResearchIdError
 
     for label, value in (("--subject", subject), ("--session", session)):
         if value is not None and not value.isalnum():
@@ -177,12 +184,13 @@ def convert(
             raise UsageFailure(f"{source}: no such file or folder")
     if output.exists() and not output.is_dir():
         raise UsageFailure(f"{output}: exists and is not a folder")
-    with _progress(quiet) as progress:
+    options = _deidentify_options(deidentify, key_file, map_file, output)
+    with _progress(quiet) as progress, _usage_errors(DeidentifyError, ResearchIdError):
         scanning = progress.add_task("scanning", total=None)
         converting = progress.add_task("converting", total=None, visible=False)
         report = run_convert(
             sources, output, study, subject=subject, session=session, jobs=jobs, dry_run=dry_run,
-            overwrite=overwrite, on_scan=lambda n: progress.advance(scanning, n),
+            overwrite=overwrite, deidentify=options, map_path=map_file, on_scan=lambda n: progress.advance(scanning, n),
             on_planned=lambda n: progress.update(converting, total=n, visible=not dry_run),
             on_series=lambda result: progress.advance(converting),
         )
@@ -270,3 +278,103 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- deidentify ---------------------------------------------------------------------------------
+def _render_check(report, output_format: OutputFormat) -> None:
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    for finding in report.findings:
+        typer.echo(str(finding))
+    err.print(f"qmrbids: checked {report.files_checked} files: "
+              + (f"{len(report.findings)} residual identifiers found" if report.findings else "no residual identifier found"),
+              markup=False)
+
+
+def _render_deidentify(report, output_format: OutputFormat) -> None:
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    for message in report.errors + report.refused:
+        err.print(f"qmrbids: error: {message}", markup=False)
+    subjects = ", ".join(f"{label} ({n} files)" for label, n in report.subjects.items()) or "none"
+    err.print(f"qmrbids: {report.files_scanned} files scanned ({report.non_dicom_skipped} not DICOM, "
+              f"{report.non_image_skipped} not images); {report.written} de-identified into {report.out_dir}, "
+              f"{len(report.refused)} refused, {len(report.errors)} failed; subjects: {subjects}; "
+              f"options: {', '.join(report.options)}", markup=False)
+
+
+@contextlib.contextmanager
+def _usage_errors(*kinds):
+    """Turn the library's own 'cannot run as asked' errors into a usage failure (exit 2)."""
+    try:
+        yield
+    except kinds as error:
+        raise UsageFailure(str(error)) from None
+
+
+def _deidentify_options(deidentify: bool, key_file: Path | None, map_file: Path | None, output: Path):
+    """De-identification options of ``convert`` (None without --deidentify)."""
+    from qmrbids.dicom.deidentify import DeidentifyError, Options, load_key
+    from qmrbids.dicom.research_ids import outside
+
+    if not deidentify:
+        if key_file or map_file:
+            raise UsageFailure("--key-file and --map go with --deidentify")
+        return None
+    if key_file is None:
+        raise UsageFailure("--deidentify needs --key-file")
+    for path, what in ((key_file, "key file"), (map_file, "research-ID map")):
+        if path is not None and not outside(path, output):
+            raise UsageFailure(f"{path}: the {what} must be kept outside the dataset {output}")
+    try:
+        return Options(load_key(key_file))
+    except DeidentifyError as error:
+        raise UsageFailure(str(error)) from None
+
+
+@app.command()
+def deidentify(
+    sources: Annotated[list[Path], typer.Argument(help="DICOM folders, files, archives; with --check, what to check.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for the de-identified DICOM.")] = None,
+    key_file: Annotated[Path | None, typer.Option(help="Secret key file (keyed UIDs, date shifts, pseudonyms).")] = None,
+    map_file: Annotated[Path | None, typer.Option("--map", help="Research-ID map (TSV), kept outside the output.")] = None,
+    date_shift: Annotated[str, typer.Option(help="auto (per subject, from the key), none (remove dates) or DAYS.")] = "auto",
+    keep_device_identity: Annotated[bool, typer.Option("--keep-device-identity",
+                                                       help="Keep device identifiers, pseudonymised.")] = False,
+    include_burned_in: Annotated[bool, typer.Option("--include-burned-in",
+                                                    help="Also de-identify burned-in/secondary-capture images.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Look for residual identifiers in DICOM or BIDS; write nothing.")] = False,
+    jobs: Annotated[int | None, typer.Option(help="Parallel jobs (default: number of cores).")] = None,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="Report format.")] = OutputFormat.text,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """De-identify DICOM (PS3.15 Annex E Basic Profile), or check DICOM/BIDS for residual identifiers."""
+    from qmrbids.deid_check import check as run_check
+    from qmrbids.dicom.deidentify import DeidentifyError, Options, load_key, parse_date_shift
+    from qmrbids.dicom.deidentify import deidentify as run_deidentify
+    from qmrbids.dicom.research_ids import ResearchIdError, outside
+
+    for source in sources:
+        if not source.exists():
+            raise UsageFailure(f"{source}: no such file or folder")
+    if check:
+        report = run_check(sources)  # sources exist: checked above
+        _render_check(report, output_format)
+        raise typer.Exit(report.exit_code)
+    if output is None or key_file is None:
+        raise UsageFailure("deidentify needs --output and --key-file (or --check to check PATH)")
+    if output.exists() and not output.is_dir():
+        raise UsageFailure(f"{output}: exists and is not a folder")
+    if not outside(key_file, output):
+        raise UsageFailure(f"{key_file}: the key file must be kept outside the output folder {output}")
+    if jobs is not None and jobs < 1:
+        raise UsageFailure(f"--jobs must be at least 1, not {jobs}")
+    with _usage_errors(DeidentifyError, ResearchIdError):
+        options = Options(load_key(key_file), parse_date_shift(date_shift), keep_device_identity, include_burned_in)
+        with _progress(quiet) as progress:
+            task = progress.add_task("de-identifying", total=None)
+            report = run_deidentify(sources, output, options, map_path=map_file, jobs=jobs or os.cpu_count() or 1,
+                                    on_file=lambda: progress.advance(task))
+    _render_deidentify(report, output_format)
+    raise typer.Exit(report.exit_code)

@@ -16,6 +16,8 @@ from qmrbids.convert.dataset import write_dataset_files
 from qmrbids.convert.plan import PlannedSeries, plan
 from qmrbids.convert.run import STATE_DIR, SeriesResult, convert_series, dataset_key, dcm2niix_version
 from qmrbids.dicom.classify import classify
+from qmrbids.dicom.deidentify import DeidentifyError, Options
+from qmrbids.dicom.research_ids import ResearchIds, outside
 from qmrbids.dicom.scan import scan
 from qmrbids.dicom.series import series_table
 from qmrbids.io import staging_dir
@@ -76,6 +78,7 @@ def _classification_text(p: PlannedSeries) -> str:
 
 def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = None, *, subject: str | None = None,
             session: str | None = None, jobs: int | None = None, dry_run: bool = False, overwrite: bool = False,
+            deidentify: Options | None = None, map_path: Path | None = None,
             on_scan: Callable[[int], None] | None = None,
             on_series: Callable[[SeriesResult], None] | None = None,
             on_planned: Callable[[int], None] | None = None) -> ConvertReport:
@@ -83,21 +86,27 @@ def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = No
 
     Into a dataset with no subjects yet, dcm2niix starts on the source folders at once and runs
     while the headers are read (qmrbids.convert.bulk); otherwise only the new series are converted.
+    With ``deidentify``, every file is de-identified (PS3.15 Annex E, :mod:`qmrbids.dicom.deidentify`)
+    before dcm2niix sees it, subject labels are research IDs (``map_path`` or keyed), and keyed
+    hashes use the user's key, which never enters the dataset.
     """
     config = config or StudyConfig()
     jobs = jobs or os.cpu_count() or 1
     bids_dir = Path(bids_dir)
     sources = [Path(s) for s in sources]
+    if map_path is not None and not outside(map_path, bids_dir):
+        raise DeidentifyError(f"{map_path}: the research-ID map must be kept outside the dataset {bids_dir}")
     with contextlib.ExitStack() as stack:
         bulk = None
         created = not bids_dir.exists()
         folders = [s for s in sources if s.is_dir()]
-        if not dry_run and folders and not any(bids_dir.glob("sub-*")):
+        if not dry_run and deidentify is None and folders and not any(bids_dir.glob("sub-*")):
             staging = stack.enter_context(staging_dir(bids_dir / STATE_DIR, "convert"))
             bulk = BulkConversion(folders, staging, timeout_s=600 + 0.5 * _count_files(folders))
             stack.callback(bulk.stop)
         scanned = scan(sources, jobs=jobs, on_progress=on_scan)
-        report, todo, entries = _plan_report(scanned, bids_dir, config, subject, session, dry_run)
+        report, todo, entries, ids = _plan_report(scanned, bids_dir, config, subject, session, dry_run,
+                                                  deidentify, map_path)
         if on_planned:
             on_planned(len(todo))
         if dry_run or not todo:
@@ -107,12 +116,14 @@ def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = No
             return report
         if bulk is None:
             staging = stack.enter_context(staging_dir(bids_dir / STATE_DIR, "convert"))
-        key = dataset_key(bids_dir)
+        key = deidentify.key if deidentify is not None else dataset_key(bids_dir)
         versions = {"dcm2niix": dcm2niix_version()}
+        if ids is not None:
+            ids.save()
 
         def work(p: PlannedSeries) -> SeriesResult:
             premade = bulk.outputs(p.uid) if bulk else None
-            return convert_series(p, bids_dir, staging, config, key, versions, overwrite, premade)
+            return convert_series(p, bids_dir, staging, config, key, versions, overwrite, premade, deidentify)
 
         for result in map_unordered(work, todo, jobs):
             entry = entries[result.uid]
@@ -130,14 +141,18 @@ def _count_files(folders: list[Path]) -> int:
 
 
 def _plan_report(scanned, bids_dir: Path, config: StudyConfig, subject: str | None, session: str | None,
-                 dry_run: bool) -> tuple[ConvertReport, list[PlannedSeries], dict[str, SeriesReport]]:
-    """Classify and plan the scanned series: the report rows, and the series to convert."""
+                 dry_run: bool, deidentify: Options | None, map_path: Path | None):
+    """Classify and plan the scanned series: the report rows, the series to convert, the research IDs."""
     orphans = scanned.errors[~scanned.errors["SeriesInstanceUID"].fillna("").astype(bool)]
     report = ConvertReport(str(bids_dir), dry_run, len(scanned.files) + scanned.skipped_non_dicom,
                            scanned.skipped_non_dicom, [str(e) for e in orphans["error"]])
     table = series_table(scanned.files)
     classes = classify(table, config.rules) if len(table) else {}
-    planned = plan(table, classes, config, subject, session) if len(table) else []
+    ids = research_ids = None
+    if deidentify is not None and len(table):
+        ids = ResearchIds(deidentify.key, map_path)
+        research_ids = ids.assign(sorted(set(table["PatientID"].fillna(""))))
+    planned = plan(table, classes, config, subject, session, research_ids) if len(table) else []
     entries = {}
     for p in planned:
         entries[p.uid] = SeriesReport(
@@ -149,4 +164,4 @@ def _plan_report(scanned, bids_dir: Path, config: StudyConfig, subject: str | No
     for p in planned:
         if reason := p.cannot_convert:
             entries[p.uid].status, entries[p.uid].reason = "failed", reason
-    return report, [p for p in planned if p.converted and not p.cannot_convert], entries
+    return report, [p for p in planned if p.converted and not p.cannot_convert], entries, ids

@@ -78,7 +78,8 @@ def write_dataset_files(bids_dir: Path, config: StudyConfig, dcm2niix_version: s
     columns = ["participant_id", *sorted({c for r in participants.values() for c in r} - {"participant_id"})]
     _write_tsv(bids_dir / "participants.tsv", [participants[k] for k in sorted(participants)], columns)
     _write_json_once(bids_dir / "participants.json", {
-        "participant_id": {"Description": "Subject label: from the study config, --subject, or the sanitised PatientID"}})
+        "participant_id": {"Description": "Subject label: from the study config, --subject, the research ID "
+                                           "(--deidentify), or the sanitised PatientID"}})
     for subject in subjects:
         folder = bids_dir / subject
         sessions = sorted(p.name for p in folder.glob("ses-*") if p.is_dir())

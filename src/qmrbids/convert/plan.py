@@ -69,13 +69,18 @@ def _stem(subject: str, session: str, datatype: str, entities: dict[str, str], s
     return f"{folder}/{name}_{suffix}"
 
 
-def _labels(table: pd.DataFrame, config: StudyConfig, subject: str | None, session: str | None) -> dict:
-    """(subject, session) per StudyInstanceUID."""
+def _labels(table: pd.DataFrame, config: StudyConfig, subject: str | None, session: str | None,
+            research_ids: dict[str, str] | None) -> dict:
+    """(subject, session) per StudyInstanceUID; with ``research_ids`` (de-identification) the
+    subject label is the research ID of the PatientID, never the PatientID itself."""
     out = {}
     studies = table.sort_values(["PatientID", "StudyDate", "StudyTime"]).drop_duplicates("StudyInstanceUID")
     per_subject: dict[str, list] = {}
     for study in studies.to_dict("records"):
-        label = subject or config.subjects.get(study["PatientID"]) or sanitise_label(study["PatientID"]) or "unknown"
+        if research_ids is not None:
+            label = subject or research_ids[study["PatientID"]]
+        else:
+            label = subject or config.subjects.get(study["PatientID"]) or sanitise_label(study["PatientID"]) or "unknown"
         per_subject.setdefault(label, []).append(study)
     for label, studies_of_subject in per_subject.items():
         for index, study in enumerate(studies_of_subject, start=1):
@@ -102,9 +107,10 @@ def _outputs(planned: PlannedSeries, part_sessions: set) -> list[tuple[dict, int
 
 
 def plan(table: pd.DataFrame, classes: dict[str, Classification], config: StudyConfig,
-         subject: str | None = None, session: str | None = None) -> list[PlannedSeries]:
+         subject: str | None = None, session: str | None = None,
+         research_ids: dict[str, str] | None = None) -> list[PlannedSeries]:
     """Subject/session labels and target files of every series, with run entities for repeats."""
-    labels = _labels(table, config, subject, session) if len(table) else {}
+    labels = _labels(table, config, subject, session, research_ids) if len(table) else {}
     planned = []
     for series in table.sort_values(["PatientID", "StudyDate", "SeriesNumber"]).to_dict("records"):
         sub, ses = labels[series["StudyInstanceUID"]]

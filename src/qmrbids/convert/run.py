@@ -18,16 +18,19 @@ import dcm2niix
 
 from qmrbids import __version__
 from qmrbids.convert.config import StudyConfig
+from qmrbids.convert.nifti import compress_clean
 from qmrbids.convert.plan import Output, PlannedSeries
 from qmrbids.convert.sidecars import PROVENANCE_KEY, derive_fields, scrub, series_hmac, sha256_file
+from qmrbids.dicom.deidentify import Options, Refused, deidentify_bytes
 from qmrbids.dicom.scan import Source, read_bytes
 from qmrbids.io import atomic_write_bytes, atomic_write_text, staging_dir
 from qmrbids.schema import required_sidecar_fields
 
 EXTENSION_VERSION = "0.1.0"
 STATE_DIR = ".qmrbids"  # hidden: the BIDS validator ignores it
-#: BIDS sidecars, identifying fields left out, gzip, dcm2niix's own series merging only.
-DCM2NIIX_OPTIONS = ("-b", "y", "-ba", "y", "-z", "y", "-w", "1")
+#: BIDS sidecars, identifying fields left out, dcm2niix's own series merging only; uncompressed,
+#: because the header text is cleaned before the one compression (qmrbids.convert.nifti).
+DCM2NIIX_OPTIONS = ("-b", "y", "-ba", "y", "-z", "n", "-w", "1")
 
 
 @dataclass
@@ -74,12 +77,15 @@ def _existing_state(planned: PlannedSeries, bids_dir: Path, source_hash: str, co
     return "conflict" if "conflict" in states else "missing"
 
 
-def _stage_inputs(planned: PlannedSeries, folder: Path) -> None:
-    """The series' files in one folder for dcm2niix (links, or extracted archive members)."""
+def _stage_inputs(planned: PlannedSeries, folder: Path, deidentify: Options | None) -> None:
+    """The series' files in one folder for dcm2niix: links or extracted archive members, or,
+    when de-identifying, de-identified copies (dcm2niix never sees an identifier)."""
     folder.mkdir(parents=True)
     for index, (path, member) in enumerate(planned.series["files"]):
         target = folder / f"{index:06d}.dcm"
-        if member or path.lower().endswith(".gz"):
+        if deidentify is not None:
+            target.write_bytes(deidentify_bytes(read_bytes(Source(path, member)), deidentify, planned.subject)[0])
+        elif member or path.lower().endswith(".gz"):
             target.write_bytes(read_bytes(Source(path, member)))
         else:
             os.symlink(os.path.abspath(path), target)
@@ -100,8 +106,8 @@ def dcm2niix_outputs(folder: Path) -> list[dict]:
     outputs = []
     for sidecar in sorted(folder.glob("*.json")):
         meta = json.loads(sidecar.read_text())
-        nifti = sidecar.with_suffix(".nii.gz")
-        if not nifti.is_file():
+        nifti = next((n for n in (sidecar.with_suffix(".nii"), sidecar.with_suffix(".nii.gz")) if n.is_file()), None)
+        if nifti is None:
             continue
         outputs.append({"name": sidecar.stem, "meta": meta, "nifti": nifti,
                         "phase": "PHASE" in meta.get("ImageType", []) or sidecar.stem.endswith("_ph"),
@@ -135,9 +141,9 @@ def _match(outputs: list[dict], planned: PlannedSeries) -> list[tuple[Output, di
     return pairs
 
 
-def _run_dcm2niix(planned: PlannedSeries, work: Path) -> list[dict]:
+def _run_dcm2niix(planned: PlannedSeries, work: Path, deidentify: Options | None) -> list[dict]:
     """dcm2niix on this series alone; raises ValueError with dcm2niix's last words when it fails."""
-    _stage_inputs(planned, work / "in")
+    _stage_inputs(planned, work / "in", deidentify)
     out = work / "out"
     out.mkdir()
     timeout = 120 + 0.5 * planned.series["n_files"]
@@ -154,11 +160,13 @@ def _run_dcm2niix(planned: PlannedSeries, work: Path) -> list[dict]:
 
 
 def convert_series(planned: PlannedSeries, bids_dir: Path, staging: Path, config: StudyConfig, key: bytes,
-                   versions: dict, overwrite: bool, premade: list[dict] | None = None) -> SeriesResult:
+                   versions: dict, overwrite: bool, premade: list[dict] | None = None,
+                   deidentify: Options | None = None) -> SeriesResult:
     """Convert one planned series; never raises for bad data, the result says what happened.
 
     ``premade`` are this series' outputs from a bulk dcm2niix pass (qmrbids.convert.bulk); when
-    they do not match the plan, dcm2niix runs again on the series alone.
+    they do not match the plan, dcm2niix runs again on the series alone. De-identified sidecars
+    carry no conversion time (it would date the acquisition).
     """
     uid = planned.uid
     source_hash = series_hmac(uid, key)
@@ -175,11 +183,12 @@ def convert_series(planned: PlannedSeries, bids_dir: Path, staging: Path, config
             except ValueError:
                 pairs = None
             if pairs is None:
-                pairs = _match(_run_dcm2niix(planned, work), planned)
+                pairs = _match(_run_dcm2niix(planned, work, deidentify), planned)
             first = _first_file(planned, work)
             result = SeriesResult(uid, "converted")
             staged = []
             for target, made in pairs:
+                made["nifti"] = compress_clean(made["nifti"])
                 meta, missing = _sidecar(planned, target, made, first, config)
                 if missing:
                     result.warnings.append(f"{planned.label}: {Path(target.stem).name}: missing {', '.join(missing)}; "
@@ -187,7 +196,8 @@ def convert_series(planned: PlannedSeries, bids_dir: Path, staging: Path, config
                 meta[PROVENANCE_KEY] = {
                     "QmrbidsVersion": __version__, "SchemaVersion": EXTENSION_VERSION,
                     "Dcm2niixVersion": versions["dcm2niix"],
-                    "ConvertedAt": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                    **({} if deidentify else {"ConvertedAt": datetime.now(timezone.utc).isoformat(timespec="seconds")
+                                              .replace("+00:00", "Z")}),
                     "Rule": planned.classification.rule, "Evidence": planned.classification.evidence,
                     "StudyConfigSHA256": config.digest, "SourceFileCount": int(planned.series["n_files"]),
                     "SourceSeriesHMAC": source_hash, "NiftiSHA256": sha256_file(made["nifti"]),
@@ -197,6 +207,8 @@ def convert_series(planned: PlannedSeries, bids_dir: Path, staging: Path, config
             for target, made, meta in staged:
                 result.written.extend(_place(target, made, meta, bids_dir))
             return result
+    except Refused as reason:
+        return SeriesResult(uid, "failed", f"{planned.label}: not de-identified: {reason}")
     except (OSError, ValueError) as error:
         return SeriesResult(uid, "failed", f"{planned.label}: {error}")
 
