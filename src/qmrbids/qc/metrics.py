@@ -4,8 +4,9 @@ Raw magnitude images (the first volume of 4D series), with one foreground mask p
 image grid (see :func:`foreground_mask`; far less noisy than any one image's):
 
 - ``noise_sigma``: σ of the complex Gaussian noise, from the background (voxels more than two
-  voxels in-plane from the foreground), where magnitudes are Rayleigh distributed:
-  E[M²] = 2σ², so σ = sqrt(mean(M²_bg) / 2). Assumes single-channel (or SoS-equivalent) noise.
+  voxels in-plane from the foreground), where magnitudes are Rayleigh distributed with median
+  σ sqrt(2 ln 2); the median shrugs off object voxels a mask misses (a sphere dark in most images).
+  Assumes single-channel (or SoS-equivalent) noise.
 - ``snr``: Rician-corrected foreground SNR, sqrt(mean(M²_fg) − 2σ²) / σ. For Rician magnitudes
   E[M²] = A² + 2σ² exactly, so this is the RMS true signal over σ at any SNR. Infinite (null in
   JSON) when the background is exactly zero.
@@ -40,6 +41,7 @@ from qmrbids.qc.protocol import NOT_APPLICABLE, SiteProtocol, classify, describe
 from qmrbids.resources import data_path
 
 GUARD_VOXELS = 2
+RAYLEIGH_MEDIAN = math.sqrt(2 * math.log(2))  # median of a Rayleigh distribution, in units of σ
 RAW_UNITS = {"noise_sigma": "a.u.", "snr": "1", "ghosting_ratio": "1", "piu": "%", "efc": "1", "fber": "1"}
 
 
@@ -105,14 +107,13 @@ def otsu_threshold(values: np.ndarray) -> float:
 
 
 def foreground_mask(volumes: list[np.ndarray]) -> np.ndarray:
-    """Foreground of images on one grid: Otsu on the voxelwise maximum of the smoothed images, each
-    scaled to its 99th percentile, so an object part that is dark in some images (a nulled T1, a
-    late echo) still counts as object in all of them."""
+    """Foreground of images on one grid: Otsu on the mean of the smoothed images, each scaled to its
+    99th percentile (averaging many images makes the mask far less noisy than any one image's)."""
     stack = np.zeros(volumes[0].shape, dtype=float)
     for volume in volumes:
         smooth = ndimage.uniform_filter(volume, size=(3, 3, 1))
         scale = np.percentile(smooth, 99)
-        np.maximum(stack, smooth / scale if scale > 0 else smooth, out=stack)
+        stack += smooth / scale if scale > 0 else smooth
     if np.ptp(stack) == 0:
         return np.zeros(stack.shape, dtype=bool)
     return stack > otsu_threshold(stack.ravel())
@@ -172,7 +173,7 @@ def raw_image_metrics(data: np.ndarray, mask: np.ndarray, voxel_mm: tuple[float,
     fg, bg = data[mask], data[background]
     if fg.size == 0 or bg.size == 0:
         return {name: None for name in RAW_UNITS}
-    sigma = math.sqrt(float(np.mean(bg ** 2)) / 2)
+    sigma = float(np.median(bg)) / RAYLEIGH_MEDIAN
     power = float(np.mean(fg ** 2))
     snr = math.inf if sigma == 0 else math.sqrt(max(power - 2 * sigma ** 2, 0.0)) / sigma
     bg_energy = float(np.median(bg ** 2))
@@ -187,14 +188,16 @@ def is_magnitude(image: Image) -> bool:
 
 
 def _first_volume(path: Path) -> tuple[np.ndarray, tuple[float, float], tuple]:
-    img = nib.load(str(path))
+    """First 3D volume in RAS voxel order (so series stored with flipped axes share one mask),
+    its in-plane voxel size, and a key of its grid."""
+    img = nib.as_closest_canonical(nib.load(str(path)))
     data = np.asanyarray(img.dataobj)
     while data.ndim > 3:
         data = data[..., 0]
     if data.ndim == 2:
         data = data[..., None]
     zooms = img.header.get_zooms()
-    return np.asarray(data, dtype=float), (float(zooms[0]), float(zooms[1])), (data.shape, tuple(np.round(img.affine, 3).ravel()))
+    return np.asarray(data, dtype=float), (float(zooms[0]), float(zooms[1])), (data.shape, tuple(np.round(img.affine, 2).ravel()))
 
 
 def _mriqc_values(root: Path, image: Image) -> dict:
