@@ -130,7 +130,13 @@ def background_mask(mask: np.ndarray) -> np.ndarray:
 
 
 def _ghosting(data: np.ndarray, mask: np.ndarray, background: np.ndarray, signal: float) -> float | None:
-    xs, ys = np.nonzero(mask.any(axis=2))
+    """ACR ghosting ratio; the object's extent is the session mask joined with this image's own
+    Otsu foreground (parts of the object that only this image shows must not count as ghosts)."""
+    smooth = ndimage.uniform_filter(data, size=(3, 3, 1))
+    own = smooth > otsu_threshold(smooth.ravel()) if np.ptp(smooth) > 0 else np.zeros_like(mask)
+    extent = ndimage.binary_dilation(mask | own, structure=_in_plane(2), iterations=GUARD_VOXELS)
+    background = background & ~extent
+    xs, ys = np.nonzero(extent.any(axis=2))
     if not len(xs) or signal <= 0:
         return None
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
