@@ -81,17 +81,18 @@ class _Histogram:
 
     def __init__(self) -> None:
         self.figure = Figure(figsize=(3.2, 1.9))
+        self.figure.subplots_adjust(left=0.14, right=0.97, top=0.95, bottom=0.24)  # fixed: tight_layout is slow
         self.axes = self.figure.add_subplot()
 
     def __call__(self, values: np.ndarray, low: float, high: float, unit: str) -> str:
         ax = self.axes
         ax.clear()
-        ax.hist(values, bins=60, color="#457b9d")
+        counts, edges = np.histogram(values, bins=60)
+        ax.stairs(counts, edges, fill=True, color="#457b9d")  # one artist, not 60 bars
         ax.axvline(low, color="#c0392b", lw=1)
         ax.axvline(high, color="#c0392b", lw=1)
         ax.set_xlabel(unit, fontsize=8)
         ax.tick_params(labelsize=7)
-        self.figure.tight_layout()
         return _figure_png(self.figure)
 
 
