@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -20,7 +19,7 @@ import pytest
 
 from qmrbids.convert import convert, load_config
 from qmrbids.phantom import PhantomSettings, write_phantom
-from qmrbids.qc import draft_protocol, load_protocol, protocol_yaml
+from qmrbids.qc import draft_protocol, protocol_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = ("vfa", "mese")
@@ -129,9 +128,3 @@ def with_site_override(protocol_path: Path, out: Path) -> Path:
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out
 
-
-def load(path: Path):
-    return load_protocol(path)
-
-
-__all__ = ["qc_clean", "qc_deviant", "with_site_override", "shutil"]
