@@ -14,7 +14,7 @@ from qmrbids import __version__
 from qmrbids.io import atomic_write_text
 from qmrbids.parallel import map_unordered
 from qmrbids.qc.compliance import Finding, check_compliance
-from qmrbids.qc.inventory import Inventory, read_inventory
+from qmrbids.qc.inventory import Inventory, natural_key, read_inventory
 from qmrbids.qc.management import SessionRow, SiteTotals, management_rows, management_tsv, site_totals
 from qmrbids.qc.metrics import Record, apply_thresholds, map_kinds, session_metrics, sessions_work
 from qmrbids.qc.protocol import Protocol
@@ -77,7 +77,7 @@ def run_qc(dataset: Path, protocol: Protocol | None = None, subjects: list[str] 
     for records, problems in map_unordered(session_metrics, work, jobs, processes=True):
         result.records.extend(records)
         result.problems.extend(problems)
-    result.records.sort(key=lambda r: (r.site, r.subject, r.session, r.kind, r.path, r.name))
+    result.records.sort(key=lambda r: (r.site, r.subject, r.session, r.kind, natural_key(r.path), r.name))
     apply_thresholds(result.records, {site: protocol.for_site(site) if protocol else None
                                       for site in set(inventory.sites.values())})
     result.rows = management_rows(inventory, protocol, result.findings, result.records)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from functools import cache
 from pathlib import Path
 
 import yaml
 
 from qmrbids.qc.compliance import check_compliance, found_value
-from qmrbids.qc.inventory import DatasetError, Inventory, read_inventory
+from qmrbids.qc.inventory import DatasetError, Inventory, natural_key, read_inventory
 from qmrbids.qc.metrics import map_kinds, session_metrics, sessions_work
 from qmrbids.qc.protocol import Protocol, ProtocolError, protocol_from_data
 from qmrbids.resources import data_path
@@ -95,7 +94,7 @@ def draft_protocol(dataset: Path, subject: str, session: str | None = None) -> d
     data = {"Name": f"{name} (drafted from {where})",
             "Description": f"Drafted by qmrbids protocol init from {where}; edit tolerances, required series "
                            "and per-site overrides before use.",
-            "defaults": defaults, "qc": absolute, "series": dict(sorted(series.items(), key=lambda item: _natural(item[0])))}
+            "defaults": defaults, "qc": absolute, "series": dict(sorted(series.items(), key=lambda item: natural_key(item[0])))}
     data = json.loads(json.dumps(data))  # plain types: sidecar values may be int/float subclasses
     _check_reference(inventory, protocol_from_data(data, "draft protocol"), key)
     return data
@@ -129,10 +128,6 @@ def _represent_dict(dumper: yaml.SafeDumper, data: dict):
 
 
 _Dumper.add_representer(dict, _represent_dict)
-
-
-def _natural(key: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
 def protocol_yaml(data: dict) -> str:

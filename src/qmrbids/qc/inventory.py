@@ -34,10 +34,9 @@ def series_key(entities: dict, suffix: str) -> str:
     return "_".join([*parts, suffix])
 
 
-def parse_series_key(key: str) -> tuple[dict, str]:
-    """Inverse of :func:`series_key`: (filename-key entities, suffix)."""
-    *pairs, suffix = key.split("_")
-    return dict(p.split("-", 1) for p in pairs), suffix
+def natural_key(text: str) -> list:
+    """Sort key that puts echo-2 before echo-10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 @dataclass
@@ -207,7 +206,7 @@ def read_inventory(root: Path, map_kinds: dict[str, list[str]], subjects: list[s
             session=str(entities.get("session", "") or ""), datatype=str(entities.get("datatype", "")),
             suffix=suffix, series=series_key(series_entities, suffix),
             entities={SERIES_ENTITIES[k]: v for k, v in series_entities.items()}, metadata=metadata))
-    inventory.images.sort(key=lambda i: i.relpath)
+    inventory.images.sort(key=lambda i: natural_key(i.relpath))
     inventory.sites = _site_of(root, inventory.images)
     _maps(root, map_kinds, wanted or None, exclude, inventory)
     for m in inventory.maps:  # sessions with maps but no raw images still belong to a site
