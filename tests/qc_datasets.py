@@ -3,7 +3,8 @@
 Every session is a small phantom (32 x 32 x 2 voxels, VFA and MESE) converted by qmrbids. The
 deviant dataset plants, each in its own session: a MESE series acquired with TR 3000 ms instead of
 4000 ms and one of its echoes missing; a site (B) that runs VFA with 4 degrees instead of 3; a
-noisy session (SNR 8 instead of 50); a T1 map with out-of-range voxels.
+noisy VFA series (SNR 8 instead of 50, converted over the clean one); a T1 map with out-of-range
+voxels (and a clean T2 map and ADC map elsewhere).
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ PLANTED_LOW, PLANTED_HIGH = 6, 4  # out-of-range voxels planted in the T1 map (-
 
 
 def _session(tmp: Path, dataset: Path, subject: str, session: str, seed: int, snr: float = SNR,
-             edit: dict | None = None) -> Path:
-    """Write a phantom, optionally change DICOM values of series (``{description part: {keyword: value}}``), convert."""
-    source = tmp / f"dicom-{subject}-{session}"
-    write_phantom(source, PhantomSettings(protocols=PROTOCOLS, snr=snr, seed=seed, matrix=32, slices=2,
+             edit: dict | None = None, protocols: tuple[str, ...] = PROTOCOLS) -> Path:
+    """Write a phantom, optionally change DICOM values of series (``{description part: {keyword: value}}``),
+    convert (replacing series already converted)."""
+    source = tmp / f"dicom-{subject}-{session}-{'-'.join(protocols)}"
+    write_phantom(source, PhantomSettings(protocols=protocols, snr=snr, seed=seed, matrix=32, slices=2,
                                           patient_id=subject))
     for pattern, values in (edit or {}).items():
         files = sorted((source / "dicom").glob(f"*{pattern}*/*"))
@@ -46,7 +48,7 @@ def _session(tmp: Path, dataset: Path, subject: str, session: str, seed: int, sn
                 setattr(ds, keyword, value)
             ds.save_as(path)
     report = convert([source / "dicom"], dataset, load_config(ROOT / "examples" / "phantom-study.yaml"),
-                     subject=subject, session=session, jobs=2)
+                     subject=subject, session=session, jobs=2, overwrite=True)
     assert report.exit_code == 0, [s.reason for s in report.failed]
     return source
 
@@ -99,7 +101,8 @@ def qc_deviant(tmp_path_factory, qc_clean):
     for path in (dataset / "sub-S01" / "ses-2" / "anat").glob(f"sub-S01_ses-2_{MISSING_ECHO}.*"):
         path.unlink()
     _session(tmp, dataset, "S02", "1", 3, edit={"vfa_fa03": {"FlipAngle": SITE_B_FLIP}})
-    noisy = _session(tmp, dataset, "S03", "1", 4, snr=NOISY_SNR)
+    _session(tmp, dataset, "S03", "1", 4)
+    noisy = _session(tmp, dataset, "S03", "1", 5, snr=NOISY_SNR, protocols=("vfa",))
     _set_sites(dataset, {"S01": "A", "S02": "B", "S03": "A"})
     truth = nib.load(reference / "truth" / "T1map.nii.gz")
     t1 = np.asarray(truth.dataobj, dtype=float)
@@ -111,6 +114,8 @@ def qc_deviant(tmp_path_factory, qc_clean):
     _map(dataset, "S01", "1", "T1map", residual, truth.affine, "arbitrary", desc="residual")
     t2 = nib.load(reference / "truth" / "T2map.nii.gz")
     _map(dataset, "S01", "2", "T2map", np.asarray(t2.dataobj), t2.affine, "s")
+    adc = nib.load(reference / "truth" / "ADCmap.nii.gz")
+    _map(dataset, "S01", "2", "dwi", np.asarray(adc.dataobj), adc.affine, "mm^2/s", desc="ADC")
     mriqc = dataset / "derivatives" / "mriqc" / "sub-S01" / "ses-1" / "anat"
     mriqc.mkdir(parents=True)
     (mriqc / "sub-S01_ses-1_flip-3_VFA.json").write_text(json.dumps({"snr_total": 12.5, "efc": 0.5, "cjv": 0.3}))
