@@ -287,7 +287,11 @@ def qc(
     if report_dir.exists() and not report_dir.is_dir():
         raise UsageFailure(f"{report_dir}: exists and is not a folder")
     try:
-        result = run_qc(dataset, study_protocol, labels, report_dir=report_dir, jobs=jobs)
+        with _progress(quiet) as progress:
+            task = progress.add_task("measuring", total=None)
+            result = run_qc(dataset, study_protocol, labels, report_dir=report_dir, jobs=jobs,
+                            on_planned=lambda n: progress.update(task, total=n),
+                            on_session=lambda: progress.advance(task))
     except DatasetError as error:
         raise UsageFailure(str(error)) from None
     if labels and not result.rows:

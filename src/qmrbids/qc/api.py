@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -63,20 +64,26 @@ class QcResult:
 
 
 def run_qc(dataset: Path, protocol: Protocol | None = None, subjects: list[str] | None = None,
-           report_dir: Path | None = None, jobs: int | None = None) -> QcResult:
+           report_dir: Path | None = None, jobs: int | None = None,
+           on_planned: Callable[[int], None] | None = None, on_session: Callable[[], None] | None = None) -> QcResult:
     """Check ``dataset`` against ``protocol`` (if any) and measure every raw image and map.
 
-    Unreadable files become one-line ``problems``; the rest of the work continues.
+    Unreadable files become one-line ``problems``; the rest of the work continues. ``on_planned``
+    gets the number of sessions, ``on_session`` is called as each one is measured (progress).
     """
     inventory = read_inventory(Path(dataset), map_kinds(), subjects, exclude=report_dir)
     result = QcResult(Path(dataset), protocol, inventory, problems=list(inventory.problems))
     if protocol is not None:
         result.findings = check_compliance(inventory, protocol)
     work = sessions_work(inventory)
+    if on_planned:
+        on_planned(len(work))
     jobs = min(jobs or os.cpu_count() or 1, len(work) // 8 + 1)  # processes only pay off for many sessions
     for records, problems in map_unordered(session_metrics, work, jobs, processes=True):
         result.records.extend(records)
         result.problems.extend(problems)
+        if on_session:
+            on_session()
     result.records.sort(key=lambda r: (r.site, r.subject, r.session, r.kind, natural_key(r.path), r.name))
     apply_thresholds(result.records, {site: protocol.for_site(site) if protocol else None
                                       for site in set(inventory.sites.values())})

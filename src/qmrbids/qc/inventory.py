@@ -150,7 +150,7 @@ def _maps(root: Path, kinds: dict[str, list[str]], subjects: set[str] | None, ex
             if not subject or (subjects and subject not in subjects):
                 continue
             suffix, desc = entities.get("suffix", ""), entities.get("desc", "")
-            if re.search(r"residual|rmse|rsquared|^r2$", f"{desc}", re.IGNORECASE) or suffix in ("Rsquared", "residual"):
+            if re.search(r"residual|rmse|rsquared|^r2$", desc, re.IGNORECASE) or suffix in ("Rsquared", "residual"):
                 target = re.sub(r"_desc-[A-Za-z0-9]+", "", path.name)
                 inventory.residuals.setdefault(str(path.parent / target), []).append(path)
                 continue

@@ -116,7 +116,7 @@ def _session_id(subject: str, session: str) -> str:
 def _summary(result) -> str:
     counts = result.counts()
     attention = result.attention()
-    failing = [f for f in attention["findings"]]
+    failing = attention["findings"]
     metrics = attention["metrics"]
     clean = not failing and not metrics and not attention["problems"]
     parts = [f'<section id="summary" class="{"clean" if clean else "attention"}"><h2>Summary: '
