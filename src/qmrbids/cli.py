@@ -253,33 +253,6 @@ def _render_metrology(report, target: Path) -> None:
     err.print(f"qmrbids: metrology tables written to {target}", markup=False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point: run the app and turn every failure into one line and an exit code."""
-    command = typer.main.get_command(app)
-    try:
-        result = command.main(args=argv, prog_name="qmrbids", standalone_mode=False)
-    except typer.Exit as done:
-        return done.exit_code
-    except UsageFailure as error:
-        err.print(f"qmrbids: error: {error}", markup=False)
-        return 2
-    except typer.TyperException as error:  # typer's usage errors (bad option values, unknown commands)
-        message = error.format_message() if hasattr(error, "format_message") else str(error)
-        if type(error).__name__ == "NoArgsIsHelpError":
-            typer.echo(message)
-        else:
-            err.print(f"qmrbids: error: {' '.join(message.split())}", markup=False)
-        return 2
-    except (KeyboardInterrupt, typer.Abort):
-        err.print("qmrbids: interrupted; nothing partial was left behind", markup=False)
-        return 130
-    return result if isinstance(result, int) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # -- deidentify ---------------------------------------------------------------------------------
 def _render_check(report, output_format: OutputFormat) -> None:
     if output_format is OutputFormat.json:
@@ -378,3 +351,143 @@ def deidentify(
                                     on_file=lambda: progress.advance(task))
     _render_deidentify(report, output_format)
     raise typer.Exit(report.exit_code)
+
+# --- qc and protocol init -------------------------------------------------------------------------
+
+class QcFormat(str, Enum):
+    html = "html"
+    json = "json"
+    tsv = "tsv"
+
+
+MAX_LISTED = 40
+
+
+def _participant_labels(labels: list[str] | None) -> list[str] | None:
+    cleaned = [label.removeprefix("sub-") for label in labels or []]
+    for label in cleaned:
+        if not label.isalnum():
+            raise UsageFailure(f"--participant-label must be letters and digits (optionally after sub-), not {label!r}")
+    return cleaned or None
+
+
+def _render_qc(result, written: list[Path], quiet: bool) -> None:
+    from qmrbids.qc.metrics import format_value
+
+    lines = [f"{f.status}: {f.site} sub-{f.subject}{' ses-' + f.session if f.session else ''} {f.series}: "
+             + (f"{f.parameter}: expected {f.expected}, found {f.found}" if f.kind == "deviation"
+                else f"{f.kind} ({f.expected if f.kind == 'unexpected' else f.found})")
+             for f in result.findings]
+    lines += [f"{r.status}: {r.site} {r.path}: {r.name} = {format_value(r.value)} {r.unit} ({r.threshold})"
+              for r in result.records if r.status in ("fail", "warn")]
+    for message in result.problems:
+        err.print(f"qmrbids: error: {message}", markup=False)
+    if not quiet:
+        for line in lines[:MAX_LISTED]:
+            err.print(f"qmrbids: {line}", markup=False)
+        if len(lines) > MAX_LISTED:
+            err.print(f"qmrbids: ... and {len(lines) - MAX_LISTED} more (see the report)", markup=False)
+    counts = result.counts()
+    err.print(f"qmrbids: qc: {counts['sessions']} sessions, {counts['images']} images, {counts['maps']} maps; "
+              f"{counts['deviations']} deviations, {counts['missing']} missing series, {counts['unexpected']} unexpected, "
+              f"QC {counts['qc_fail']} fail / {counts['qc_warn']} warn; report: "
+              + ", ".join(str(p) for p in written), markup=False)
+
+
+@app.command()
+def qc(
+    dataset: Annotated[Path, typer.Argument(help="BIDS dataset (maps are read from its derivatives/).")],
+    protocol: Annotated[Path | None, typer.Option(help="Study protocol (YAML) to check compliance against.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Report folder (default DATASET/derivatives/qmrbids-qc).")] = None,
+    participant_label: Annotated[list[str] | None, typer.Option(help="Only these subjects (repeatable).")] = None,
+    output_format: Annotated[QcFormat, typer.Option("--format", help="html (+ management.tsv), json or tsv.")] = QcFormat.html,
+    jobs: Annotated[int | None, typer.Option(help="Parallel processes (default: number of cores).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary line.")] = False,
+) -> None:
+    """Check protocol compliance and image quality; write a report. Exit 1 when anything fails."""
+    from qmrbids.qc import DatasetError, ProtocolError, load_protocol, run_qc, write_outputs
+    from qmrbids.qc.api import DEFAULT_REPORT_FOLDER
+
+    if not dataset.is_dir():
+        raise UsageFailure(f"{dataset}: no such dataset folder")
+    if jobs is not None and jobs < 1:
+        raise UsageFailure(f"--jobs must be at least 1, not {jobs}")
+    labels = _participant_labels(participant_label)
+    try:
+        study_protocol = load_protocol(protocol) if protocol else None
+    except ProtocolError as error:
+        raise UsageFailure(str(error)) from None
+    report_dir = output or dataset / DEFAULT_REPORT_FOLDER
+    if report_dir.exists() and not report_dir.is_dir():
+        raise UsageFailure(f"{report_dir}: exists and is not a folder")
+    try:
+        with _progress(quiet) as progress:
+            task = progress.add_task("measuring", total=None)
+            result = run_qc(dataset, study_protocol, labels, report_dir=report_dir, jobs=jobs,
+                            on_planned=lambda n: progress.update(task, total=n),
+                            on_session=lambda: progress.advance(task))
+    except DatasetError as error:
+        raise UsageFailure(str(error)) from None
+    if labels and not result.rows:
+        raise UsageFailure(f"{dataset}: no images of participant(s) {', '.join(labels)}")
+    written = write_outputs(result, report_dir, output_format.value)
+    _render_qc(result, written, quiet)
+    raise typer.Exit(result.exit_code)
+
+
+protocol_app = typer.Typer(help="Study protocols for `qmrbids qc`.", no_args_is_help=True)
+app.add_typer(protocol_app, name="protocol")
+
+
+@protocol_app.command("init")
+def protocol_init(
+    dataset: Annotated[Path, typer.Argument(help="BIDS dataset holding the reference session.")],
+    participant_label: Annotated[str, typer.Option(help="Subject of the reference session.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Protocol YAML to write.")],
+    session_label: Annotated[str | None, typer.Option(help="Reference session (needed if the subject has several).")] = None,
+) -> None:
+    """Draft a study protocol from a reference session, for a person to edit."""
+    from qmrbids.io import atomic_write_text
+    from qmrbids.qc import DatasetError, ProtocolError, draft_protocol, protocol_yaml
+
+    if not dataset.is_dir():
+        raise UsageFailure(f"{dataset}: no such dataset folder")
+    subject = _participant_labels([participant_label])[0]
+    session = session_label.removeprefix("ses-") if session_label else None
+    if output.exists() and output.is_dir():
+        raise UsageFailure(f"{output}: is a folder; give the protocol file to write")
+    try:
+        data = draft_protocol(dataset, subject, session)
+    except (DatasetError, ProtocolError) as error:
+        raise UsageFailure(str(error)) from None
+    atomic_write_text(output, protocol_yaml(data))
+    err.print(f"qmrbids: wrote a draft protocol with {len(data['series'])} series to {output}; edit it before use",
+              markup=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: run the app and turn every failure into one line and an exit code."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="qmrbids", standalone_mode=False)
+    except typer.Exit as done:
+        return done.exit_code
+    except UsageFailure as error:
+        err.print(f"qmrbids: error: {error}", markup=False)
+        return 2
+    except typer.TyperException as error:  # typer's usage errors (bad option values, unknown commands)
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        if type(error).__name__ == "NoArgsIsHelpError":
+            typer.echo(message)
+        else:
+            err.print(f"qmrbids: error: {' '.join(message.split())}", markup=False)
+        return 2
+    except (KeyboardInterrupt, typer.Abort):
+        err.print("qmrbids: interrupted; nothing partial was left behind", markup=False)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
