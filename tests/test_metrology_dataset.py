@@ -95,3 +95,15 @@ def test_cli_writes_tables_and_reports_missing_inputs(phantom_study, tmp_path, c
     assert main(["metrology", str(root / "ds"), "-o", str(tmp_path)]) == 2  # no label image anywhere
     assert "give --labels" in capsys.readouterr().err
     assert main(["metrology", str(root / "ds"), "--labels", str(labels), "--reference", "nist-v9"]) == 2
+
+
+def test_qc_report_shows_the_metrology(phantom_study, tmp_path):
+    root, labels, _ = phantom_study
+    code = main(["qc", str(root / "ds"), "-o", str(tmp_path), "--phantom-labels", str(labels), "-q"])
+    assert code in (0, 1)  # no protocol: the metrics decide; metrology never fails the run
+    page = (tmp_path / "report.html").read_text()
+    section = page[page.index('<section id="metrology">'):]
+    section = section[:section.index("</section>")]
+    assert "desc-VFA_T1map" in section and "data:image/png;base64," in section and "repeatability" in section
+    assert section.count("<tr>") >= 1 + 6  # header + one row per session
+    assert (tmp_path / "metrology_accuracy.tsv").is_file()

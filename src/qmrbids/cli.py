@@ -205,16 +205,17 @@ def metrology(
     labels: Annotated[Path | None, typer.Option(help="Label image of the spheres/regions on the maps' grid.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Phantom temperature during the scans (C).")] = None,
     participant_label: Annotated[list[str] | None, typer.Option(help="Only these subjects (repeatable).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for the tables (default: DATASET/derivatives/qmrbids/metrology).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for the tables (default: DATASET/derivatives/qmrbids-qc).")] = None,
     output_format: Annotated[OutputFormat, typer.Option("--format", help="Report format on stdout.")] = OutputFormat.text,
 ) -> None:
     """Phantom metrology: bias against reference values, repeatability and reproducibility (QIBA)."""
+    from qmrbids.qc.api import DEFAULT_REPORT_FOLDER
     from qmrbids.qc.metrology import MetrologyError
     from qmrbids.qc.phantom_sessions import measure
 
     if not dataset.is_dir():
         raise UsageFailure(f"{dataset}: no such dataset folder")
-    target = output or dataset / "derivatives" / "qmrbids" / "metrology"
+    target = output or dataset / DEFAULT_REPORT_FOLDER
     try:
         report = measure(dataset, reference, labels, temperature, participant_label, target)
     except MetrologyError as error:
@@ -404,6 +405,9 @@ def qc(
     output_format: Annotated[QcFormat, typer.Option("--format", help="html (+ management.tsv), json or tsv.")] = QcFormat.html,
     jobs: Annotated[int | None, typer.Option(help="Parallel processes (default: number of cores).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary line.")] = False,
+    phantom_labels: Annotated[Path | None, typer.Option(
+        help="Label image of phantom regions: adds phantom metrology (see `qmrbids metrology`).")] = None,
+    reference: Annotated[str, typer.Option(help="Metrology reference: nist-v1, nist-v2 or a TSV.")] = "nist-v1",
 ) -> None:
     """Check protocol compliance and image quality; write a report. Exit 1 when anything fails."""
     from qmrbids.qc import DatasetError, ProtocolError, load_protocol, run_qc, write_outputs
@@ -431,6 +435,14 @@ def qc(
         raise UsageFailure(str(error)) from None
     if labels and not result.rows:
         raise UsageFailure(f"{dataset}: no images of participant(s) {', '.join(labels)}")
+    if phantom_labels is not None:
+        from qmrbids.qc.metrology import MetrologyError
+        from qmrbids.qc.phantom_sessions import measure
+
+        try:
+            result.metrology = measure(dataset, reference, phantom_labels, participants=labels, output_dir=report_dir)
+        except MetrologyError as error:
+            raise UsageFailure(str(error)) from None
     written = write_outputs(result, report_dir, output_format.value)
     _render_qc(result, written, quiet)
     raise typer.Exit(result.exit_code)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import csv
 import io
 import json
@@ -21,6 +23,9 @@ from qmrbids.qc.metrics import Record, apply_thresholds, map_kinds, session_metr
 from qmrbids.qc.protocol import Protocol
 
 FORMATS = ("html", "json", "tsv")
+if TYPE_CHECKING:
+    from qmrbids.qc.phantom_sessions import MetrologyReport
+
 DEFAULT_REPORT_FOLDER = Path("derivatives") / "qmrbids-qc"
 CODE_URL = "https://github.com/qmrbids/qmrbids"
 
@@ -35,6 +40,7 @@ class QcResult:
     rows: list[SessionRow] = field(default_factory=list)
     totals: list[SiteTotals] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    metrology: MetrologyReport | None = None  # when phantom sessions were measured
 
     def attention(self) -> dict[str, list]:
         """What a person must look at: failed/warned findings and metrics, unreadable files."""

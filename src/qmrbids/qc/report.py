@@ -196,6 +196,79 @@ def _site_charts(result) -> str:
     return (f'<section id="sites"><h2>Sites</h2><img alt="per-site metrics" src="{_figure_png(figure)}"></section>')
 
 
+def _metrology(result) -> str:
+    """Phantom metrology (when measured): summary tables, bias per region, Bland-Altman plots."""
+    report = getattr(result, "metrology", None)
+    if report is None or report.accuracy.empty:
+        return ""
+    accuracy = report.accuracy
+    rows = []
+    for (method, subject, session), group in accuracy.groupby(["method", "subject", "session"], sort=True):
+        where = f"sub-{subject}" + (f" ses-{session}" if session != "n/a" else "")
+        line = report.summary["linearity"].get(f"{where} {method}", {})
+        inside = group.loc[group["in_sensitive_range"], "percent_bias"].abs()
+        rows.append([group["site"].iloc[0], where, method, len(group), f"{inside.median():.2f}" if len(inside) else "-",
+                     f"{inside.max():.2f}" if len(inside) else "-",
+                     *(f"{line[k]:.4g}" if k in line else "-" for k in ("slope", "intercept", "r_squared"))])
+    parts = [f'<section id="metrology"><h2>Phantom metrology (reference {_e(report.reference)})</h2>',
+             _table(["site", "session", "map", "regions", "median |bias| % (sensitive range)", "max |bias| %",
+                     "slope", "intercept", "R²"], rows)]
+    stats_rows = [["repeatability", name, f"{v['wcv_percent']:.2f}", f"{v['rc_percent']:.2f}",
+                   f"{v.get('ba_bias_percent', float('nan')):.2f}", "-"]
+                  for name, v in report.summary["repeatability"].items()]
+    stats_rows += [["reproducibility", name, "-", f"{v.get('rdc_percent_rms', float('nan')):.2f}", "-",
+                    f"{v['icc_a1']:.4f}" if "icc_a1" in v else "-"] for name, v in report.summary["reproducibility"].items()]
+    if stats_rows:
+        parts.append(_table(["kind", "map @ site", "wCV %", "RC / RDC %", "Bland-Altman bias %", "ICC(A,1)"], stats_rows))
+    methods = sorted(accuracy["method"].unique())
+    figure = Figure(figsize=(6.5, 3.2 * len(methods)))
+    axes = np.atleast_2d(figure.subplots(len(methods), 2, squeeze=False))
+    for (ax_bias, ax_ba), method in zip(axes, methods, strict=True):
+        data = accuracy[accuracy["method"] == method]
+        for (subject, session), group in data.groupby(["subject", "session"]):
+            group = group.sort_values("reference")
+            ax_bias.plot(group["reference"], group["percent_bias"], marker="o", ms=3, lw=0.8,
+                         label=f"{subject} {session}")
+        ax_bias.axhline(0, color="#555", lw=0.6)
+        ax_bias.set_xscale("log")
+        ax_bias.set_xlabel("reference (s)", fontsize=8)
+        ax_bias.set_ylabel("bias (%)", fontsize=8)
+        ax_bias.set_title(f"{method}: bias per region", fontsize=9)
+        ax_bias.tick_params(labelsize=7)
+        if data.groupby(["subject", "session"]).ngroups <= 8:
+            ax_bias.legend(fontsize=6)
+        _bland_altman(ax_ba, data, method)
+    figure.tight_layout()
+    parts.append(f'<img alt="phantom metrology plots" src="{_figure_png(figure)}">')
+    if report.warnings:
+        parts.append("<ul>" + "".join(f"<li>{_e(w)}</li>" for w in report.warnings) + "</ul>")
+    return "".join(parts) + "</section>"
+
+
+def _bland_altman(ax, data, method: str) -> None:
+    """Bland-Altman plot of the first two sessions of each site (percent differences)."""
+    for site, group in data.groupby("site"):
+        sessions = sorted({(s, p) for s, p in zip(group["subject"], group["session"], strict=True)})[:2]
+        if len(sessions) < 2:
+            continue
+        first, second = (group[(group["subject"] == s) & (group["session"] == p)].set_index("label")["mean"]
+                         for s, p in sessions)
+        both = first.index.intersection(second.index)
+        mean = (first[both] + second[both]) / 2
+        diff = 100 * (second[both] - first[both]) / mean
+        ax.scatter(mean, diff, s=8, label=str(site))
+        bias, sd = float(diff.mean()), float(diff.std(ddof=1))
+        for y in (bias, bias - 1.96 * sd, bias + 1.96 * sd):
+            ax.axhline(y, lw=0.6, ls="--" if y != bias else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("mean of two sessions (s)", fontsize=8)
+    ax.set_ylabel("difference (%)", fontsize=8)
+    ax.set_title(f"{method}: Bland-Altman", fontsize=9)
+    ax.tick_params(labelsize=7)
+    if ax.has_data():
+        ax.legend(fontsize=6)
+
+
 def _map_figures(result, subject: str, session: str, histogram: _Histogram) -> str:
     ranges = metric_tables()["maps"]
     out = []
@@ -280,5 +353,5 @@ def html_report(result) -> str:
             f"<style>{CSS}</style></head><body>"
             f"<header><h1>qmrbids QC report</h1><p>dataset {_e(result.dataset)} · protocol {_e(protocol)} · "
             f"qmrbids {_e(__version__)}</p></header><main>"
-            + _summary(result) + _management(result) + _site_charts(result)
+            + _summary(result) + _management(result) + _site_charts(result) + _metrology(result)
             + f"<nav>{nav}</nav>" + _sessions(result) + "</main></body></html>\n")
