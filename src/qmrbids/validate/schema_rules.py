@@ -1,0 +1,207 @@
+"""The official BIDS schema, prepared once per run: file rules indexed, every expression compiled.
+
+Preparing means: flatten ``rules.files`` into path/stem/suffix lookups, compile every selector and
+check, split each rule's selectors into those that depend only on (suffix, extension, datatype,
+modality) - evaluated once per such combination - and those evaluated per file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import jsonschema
+
+from qmrbids.schema.bids import bids_schema
+from qmrbids.validate.expressions import compile_expression
+
+STATIC_NAMES = frozenset({"suffix", "extension", "datatype", "modality"})
+
+
+@dataclass
+class Rule:
+    """One schema rule with a ``selectors`` key (rules.sidecars.*, rules.checks.*, rules.tabular_data.*, ...)."""
+
+    rule_id: str
+    spec: dict
+    static: list       # compiled selectors that only read suffix/extension/datatype/modality
+    dynamic: list      # compiled selectors read per file
+    checks: list
+    is_sidecar: bool
+
+
+@dataclass
+class FileRule:
+    rule_id: str
+    spec: dict
+    entities: tuple[str, ...] = ()           # short names, every entity the rule allows
+    required: tuple[str, ...] = ()           # short names of required entities
+
+
+@dataclass
+class PreparedSchema:
+    schema: dict
+    bids_version: str
+    schema_version: str
+    entity_short: dict[str, str]             # long name -> short name
+    entity_order: list[str]                  # short names in filename order
+    entity_pattern: dict[str, re.Pattern]    # short name -> label/index regex
+    file_rules: dict[str, FileRule]
+    path_rules: dict[str, list[str]]
+    stem_rules: list[tuple[re.Pattern, tuple | None, str]]
+    suffix_rules: dict[str, list[str]]
+    deriv_rule_ids: frozenset[str]
+    dir_rules: dict[str, list[tuple[str, dict]]]
+    datatype_modality: dict[str, str]
+    rules: list[Rule]
+    associations: list[tuple[str, list, dict, bool]]
+    opaque_dirs: frozenset[str]
+    pseudo_extensions: frozenset[str]
+    _static_cache: dict = field(default_factory=dict)
+    _metadata_validators: dict = field(default_factory=dict)
+    _metadata_results: dict = field(default_factory=dict)
+
+    def candidate_rules(self, suffix: str, extension: str, datatype: str, modality: str) -> list[Rule]:
+        """Rules whose file-type selectors hold for this kind of file (cached per kind)."""
+        key = (suffix, extension, datatype, modality)
+        found = self._static_cache.get(key)
+        if found is None:
+            probe = _StaticContext(suffix, extension, datatype, modality)
+            found = [r for r in self.rules if all(s(probe) for s in r.static)]
+            self._static_cache[key] = found
+        return found
+
+    def metadata_errors(self, key: str, value: Any) -> list[str]:
+        """JSON Schema errors of a metadata value (``objects.metadata``), memoised on the value."""
+        try:
+            memo = (key, json.dumps(value, sort_keys=True))
+        except (TypeError, ValueError):
+            memo = None
+        if memo is not None and memo in self._metadata_results:
+            return self._metadata_results[memo]
+        validator = self._metadata_validators.get(key)
+        if validator is None:
+            definition = {k: v for k, v in self.schema["objects"]["metadata"][key].items()
+                          if k not in ("name", "display_name", "description")}
+            validator = jsonschema.Draft202012Validator(definition)
+            self._metadata_validators[key] = validator
+        errors = [e.message for e in validator.iter_errors(value)]
+        if memo is not None:
+            self._metadata_results[memo] = errors
+        return errors
+
+
+class _StaticContext:
+    __slots__ = ("values",)
+
+    def __init__(self, suffix, extension, datatype, modality):
+        self.values = {"suffix": suffix, "extension": extension, "datatype": datatype, "modality": modality}
+
+    def lookup(self, name):
+        return self.values.get(name)
+
+
+def glob_regex(glob: str) -> re.Pattern:
+    out = []
+    for ch in glob:
+        out.append({"*": "[^/]*", "?": "[^/]"}.get(ch, re.escape(ch)))
+    return re.compile("^" + "".join(out) + "$")
+
+
+def _split_selectors(selectors: list[str]):
+    static, dynamic = [], []
+    for source in selectors:
+        compiled = compile_expression(source)
+        (static if compiled.names and compiled.names <= STATIC_NAMES else dynamic).append(compiled)
+    return static, dynamic
+
+
+def prepare(schema: dict) -> PreparedSchema:
+    """Index and compile a schema (a plain dict as in bidsschematools' schema.json)."""
+    objects, rules = schema["objects"], schema["rules"]
+    entity_short = {name: spec["name"] for name, spec in objects["entities"].items()}
+    entity_order = [entity_short[name] for name in rules["entities"]]
+    formats = objects["formats"]
+    entity_pattern = {}
+    for name, spec in objects["entities"].items():
+        fmt = spec.get("format")
+        if isinstance(fmt, str) and fmt in formats:
+            entity_pattern[spec["name"]] = re.compile(f"^(?:{formats[fmt]['pattern']})$")
+
+    file_rules: dict[str, FileRule] = {}
+    path_rules: dict[str, list[str]] = {}
+    stem_rules: list = []
+    suffix_rules: dict[str, list[str]] = {}
+    deriv: set[str] = set()
+
+    def visit(node, rule_id):
+        if not isinstance(node, dict):
+            return
+        if "path" in node or "stem" in node or "suffixes" in node:
+            ents = node.get("entities") or {}
+            file_rules[rule_id] = FileRule(
+                rule_id, node, tuple(entity_short.get(k, "") for k in ents),
+                tuple(entity_short.get(k, "") for k, v in ents.items() if v == "required"))
+            if rule_id.startswith("rules.files.deriv."):
+                deriv.add(rule_id)
+            if "path" in node:
+                path_rules.setdefault("/" + node["path"], []).append(rule_id)
+            elif "stem" in node:
+                stem_rules.append((glob_regex(node["stem"]), tuple(node["datatypes"]) if node.get("datatypes") else None,
+                                   rule_id))
+            else:
+                for suffix in node["suffixes"]:
+                    suffix_rules.setdefault(suffix, []).append(rule_id)
+            return
+        for key, child in node.items():
+            visit(child, f"{rule_id}.{key}")
+
+    for key, child in rules["files"].items():
+        visit(child, f"rules.files.{key}")
+
+    compiled: list[Rule] = []
+
+    def collect(node, rule_id):
+        for key, child in node.items():
+            if not isinstance(child, dict):
+                continue
+            child_id = f"{rule_id}.{key}"
+            if "selectors" in child:
+                static, dynamic = _split_selectors(child["selectors"])
+                compiled.append(Rule(child_id, child, static, dynamic,
+                                     [compile_expression(c) for c in child.get("checks", [])],
+                                     child_id.startswith("rules.sidecars")))
+            else:
+                collect(child, child_id)
+
+    collect(rules, "rules")
+    datatype_modality = {}
+    for modality, spec in rules["modalities"].items():
+        for datatype in spec["datatypes"]:
+            datatype_modality.setdefault(datatype, modality)
+    dir_rules = {kind: list(spec.items()) for kind, spec in rules["directories"].items()}
+    associations = []
+    for name, spec in schema["meta"]["associations"].items():
+        target = spec["target"]
+        ext = target.get("extension", [])
+        associations.append((name, [compile_expression(s) for s in spec.get("selectors", [])],
+                             {"suffix": target.get("suffix"), "extensions": [ext] if isinstance(ext, str) else list(ext)},
+                             bool(spec.get("inherit"))))
+    opaque = frozenset("/" + spec["name"] for spec in rules["directories"]["raw"].values()
+                       if isinstance(spec, dict) and spec.get("opaque") and "name" in spec)
+    pseudo = frozenset(e["value"] for e in objects["extensions"].values() if e["value"].endswith("/"))
+    return PreparedSchema(
+        schema=schema, bids_version=schema["bids_version"], schema_version=schema["schema_version"],
+        entity_short=entity_short, entity_order=entity_order, entity_pattern=entity_pattern,
+        file_rules=file_rules, path_rules=path_rules, stem_rules=stem_rules, suffix_rules=suffix_rules,
+        deriv_rule_ids=frozenset(deriv), dir_rules=dir_rules, datatype_modality=datatype_modality,
+        rules=compiled, associations=associations, opaque_dirs=opaque, pseudo_extensions=pseudo)
+
+
+@cache
+def official_schema() -> PreparedSchema:
+    """The pinned BIDS schema of the installed bidsschematools, prepared once per process."""
+    return prepare(bids_schema().to_dict())
