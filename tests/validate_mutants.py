@@ -56,16 +56,18 @@ def wrong_type(root):
 def negative_value(root):
     p = _first(root, "sub-*_*.json")
     d = _json(p)
-    d["RepetitionTime"] = -1
+    d["EchoTime"] = -0.01
+    d["FlipAngle"] = -5
     _write_json(p, d)
 
 
 def drop_required_field(root):
-    """VFA needs FlipAngle: remove it wherever it is."""
-    for p in root.rglob("*VFA.json"):
-        if "derivatives" not in p.parts:
+    """Remove the fields qMRI suffixes require (FlipAngle for VFA, EchoTime for MESE, ...) everywhere."""
+    for p in root.rglob("*.json"):
+        if "derivatives" not in p.parts and p.name != "dataset_description.json":
             d = _json(p)
-            d.pop("FlipAngle", None)
+            for key in ("FlipAngle", "EchoTime", "InversionTime"):
+                d.pop(key, None)
             _write_json(p, d)
 
 

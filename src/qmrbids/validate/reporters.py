@@ -1,0 +1,125 @@
+"""Render a validation report: text for people, JSON/SARIF/JUnit for machines. No validation here.
+
+JSON format (stable; ``format_version`` changes only when a field changes meaning)::
+
+    {"format_version": 1, "tool": {"name": "qmrbids", "version": ...},
+     "bids_version": ..., "bids_schema_version": ..., "qmri_schema_version": ... | null,
+     "datasets": [{"dataset": "" | "derivatives/<name>", "files": N}],
+     "summary": {"error": N, "warning": N, "info": N, "codes": {CODE: N}},
+     "issues": [{"code", "level", "path", "message", "key"?, "row"?, "rule_id"?, "dataset"?}]}
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from xml.etree import ElementTree as ET
+
+from qmrbids.validate.engine import Report
+
+INFO_URI = "https://github.com/qmrbids/qmrbids"
+SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note"}
+
+
+def _ordered(report: Report):
+    rank = {"error": 0, "warning": 1, "info": 2}
+    return sorted(report.all_issues(), key=lambda i: (rank.get(i.level, 3), i.code, i.dataset, i.path))
+
+
+def to_json(report: Report) -> str:
+    issues = _ordered(report)
+    summary = {**report.counts(), "codes": dict(sorted(Counter(i.code for i in issues).items()))}
+    return json.dumps({
+        "format_version": 1,
+        "tool": {"name": "qmrbids", "version": report.tool_version},
+        "bids_version": report.bids_version,
+        "bids_schema_version": report.bids_schema_version,
+        "qmri_schema_version": report.qmri_schema_version,
+        "datasets": [{"dataset": r.dataset, "files": r.files} for r in (report, *report.nested)],
+        "summary": summary,
+        "issues": [i.to_dict() for i in issues],
+    }, indent=2) + "\n"
+
+
+def to_text(report: Report, colour: bool = False, per_code: int = 3) -> str:
+    paint = {"error": "\033[31m", "warning": "\033[33m", "info": "\033[36m"} if colour else {}
+    reset = "\033[0m" if colour else ""
+    groups: dict = defaultdict(list)
+    for issue in _ordered(report):
+        groups[(issue.level, issue.code)].append(issue)
+    lines = []
+    for (level, code), items in groups.items():
+        lines.append(f"{paint.get(level, '')}{level.upper()}{reset} {code} ({len(items)} "
+                     f"{'file' if len({i.path for i in items}) == 1 else 'files'}): {items[0].message}")
+        for issue in items[:per_code]:
+            where = f"{issue.dataset}:" if issue.dataset else ""
+            extra = f" [{issue.key}]" if issue.key else ""
+            extra += f" row {issue.row}" if issue.row else ""
+            lines.append(f"    {where}{issue.path}{extra}")
+        if len(items) > per_code:
+            lines.append(f"    ... and {len(items) - per_code} more")
+    counts = report.counts()
+    lines.append(f"qmrbids {report.tool_version}: BIDS {report.bids_version} (schema {report.bids_schema_version}), "
+                 f"qMRI extension {report.qmri_schema_version or 'off (--strict-official)'}; "
+                 f"{sum(r.files for r in (report, *report.nested))} files: "
+                 f"{counts['error']} errors, {counts['warning']} warnings")
+    return "\n".join(lines) + "\n"
+
+
+def to_sarif(report: Report) -> str:
+    """SARIF 2.1.0 for GitHub code scanning: one rule per code, one result per issue."""
+    issues = _ordered(report)
+    codes = sorted({i.code for i in issues})
+    first = {}
+    for issue in issues:
+        first.setdefault(issue.code, issue)
+    rules = [{"id": code, "name": code, "shortDescription": {"text": first[code].message[:200] or code},
+              "defaultConfiguration": {"level": SARIF_LEVEL.get(first[code].level, "note")}} for code in codes]
+    results = []
+    for issue in issues:
+        uri = "/".join(p for p in (issue.dataset, issue.path.strip("/")) if p) or "."
+        result = {"ruleId": issue.code, "ruleIndex": codes.index(issue.code), "level": SARIF_LEVEL.get(issue.level, "note"),
+                  "message": {"text": issue.message or issue.code},
+                  "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri, "uriBaseId": "DATASET"}}}]}
+        props = {k: v for k, v in (("key", issue.key), ("row", issue.row), ("rule_id", issue.rule_id)) if v}
+        if props:
+            result["properties"] = props
+        results.append(result)
+    return json.dumps({
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json", "version": "2.1.0",
+        "runs": [{"tool": {"driver": {"name": "qmrbids", "version": report.tool_version, "informationUri": INFO_URI,
+                                      "rules": rules}},
+                  "properties": {"bids_version": report.bids_version, "bids_schema_version": report.bids_schema_version,
+                                 "qmri_schema_version": report.qmri_schema_version},
+                  "results": results}],
+    }, indent=2) + "\n"
+
+
+def to_junit(report: Report) -> str:
+    """JUnit XML: one test suite per dataset, one test case per file; errors fail, warnings are notes."""
+    suites = ET.Element("testsuites", name="qmrbids validate")
+    for sub in (report, *report.nested):
+        by_path: dict = defaultdict(list)
+        for issue in _ordered(report):
+            if issue.dataset == sub.dataset:
+                by_path[issue.path].append(issue)
+        failures = sum(1 for items in by_path.values() if any(i.level == "error" for i in items))
+        suite = ET.SubElement(suites, "testsuite", name=sub.dataset or "dataset", tests=str(max(len(by_path), 1)),
+                              failures=str(failures), errors="0")
+        if not by_path:
+            ET.SubElement(suite, "testcase", classname="bids", name="dataset")
+        for path, items in sorted(by_path.items()):
+            case = ET.SubElement(suite, "testcase", classname="bids", name=path)
+            errors = [i for i in items if i.level == "error"]
+            if errors:
+                failure = ET.SubElement(case, "failure", message=", ".join(sorted({i.code for i in errors})),
+                                        type="error")
+                failure.text = "\n".join(f"{i.code}: {i.message}" for i in errors)
+            notes = [i for i in items if i.level != "error"]
+            if notes:
+                ET.SubElement(case, "system-out").text = "\n".join(f"{i.level} {i.code}: {i.message}" for i in notes)
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+RENDERERS = {"json": to_json, "sarif": to_sarif, "junit": to_junit}
