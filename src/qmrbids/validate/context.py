@@ -140,6 +140,7 @@ class DatasetContext:
     subjects: dict
     issues: list[Issue] = field(default_factory=list)
     validated_keys: set = field(default_factory=set)
+    rule_cache: dict = field(default_factory=dict)   # kind of file -> candidate rules (constant per dataset)
 
     def as_value(self) -> dict:
         return {"dataset_description": self.description, "tree": {}, "ignored": [], "datatypes": [],

@@ -345,8 +345,11 @@ def eval_columns(rule, ctx: FileContext, prepared: PreparedSchema) -> None:
 
 def apply_rules(ctx: FileContext, prepared: PreparedSchema) -> None:
     issues = ctx.ds.issues
-    for rule in prepared.candidate_rules(ctx.suffix, ctx.extension, ctx.datatype, ctx.modality):
-        if not all(truthy(s(ctx)) for s in rule.dynamic):
+    path = ctx.path
+    for rule in prepared.candidate_rules(ctx, ctx.ds.rule_cache):
+        if rule.path is not None and rule.path != path:
+            continue
+        if rule.dynamic and not all(truthy(s(ctx)) for s in rule.dynamic):
             continue
         spec = rule.spec
         if rule.checks and not all(truthy(c(ctx)) for c in rule.checks):

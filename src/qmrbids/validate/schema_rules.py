@@ -18,7 +18,11 @@ import jsonschema
 from qmrbids.schema.bids import bids_schema
 from qmrbids.validate.expressions import compile_expression
 
-STATIC_NAMES = frozenset({"suffix", "extension", "datatype", "modality"})
+# Selectors reading only these names are evaluated once per kind of file (see candidate_rules);
+# dataset and schema are constant within one dataset.
+STATIC_NAMES = frozenset({"suffix", "extension", "datatype", "modality", "entities", "dataset", "schema"})
+_PATH_SELECTOR = re.compile(r"""^\s*path\s*==\s*(["'])([^"']*)\1\s*$""")
+_ENTITY_READ = re.compile(r"entities\.(\w+)")
 
 
 @dataclass
@@ -27,10 +31,11 @@ class Rule:
 
     rule_id: str
     spec: dict
-    static: list       # compiled selectors that only read suffix/extension/datatype/modality
+    static: list       # compiled selectors that only read STATIC_NAMES
     dynamic: list      # compiled selectors read per file
     checks: list
     is_sidecar: bool
+    path: str | None = None   # the rule applies to this one path only (a ``path == "..."`` selector)
 
 
 @dataclass
@@ -60,18 +65,24 @@ class PreparedSchema:
     associations: list[tuple[str, list, dict, bool]]
     opaque_dirs: frozenset[str]
     pseudo_extensions: frozenset[str]
-    _static_cache: dict = field(default_factory=dict)
+    entity_values_read: frozenset[str] = frozenset()
     _metadata_validators: dict = field(default_factory=dict)
     _metadata_results: dict = field(default_factory=dict)
 
-    def candidate_rules(self, suffix: str, extension: str, datatype: str, modality: str) -> list[Rule]:
-        """Rules whose file-type selectors hold for this kind of file (cached per kind)."""
-        key = (suffix, extension, datatype, modality)
-        found = self._static_cache.get(key)
+    def candidate_rules(self, ctx, cache: dict) -> list[Rule]:
+        """Rules whose static selectors hold for this kind of file, cached per kind in ``cache``.
+
+        A kind is (suffix, extension, datatype, modality, entity names, and the values of the few
+        entities a selector reads): files differing only in sub/ses/run/flip/echo labels share it.
+        """
+        ents = ctx.entities
+        key = (ctx.suffix, ctx.extension, ctx.datatype, ctx.modality,
+               tuple((k, v if k in self.entity_values_read else "") for k, v in ents.items()))
+        found = cache.get(key)
         if found is None:
-            probe = _StaticContext(suffix, extension, datatype, modality)
+            probe = _StaticContext(ctx)
             found = [r for r in self.rules if all(s(probe) for s in r.static)]
-            self._static_cache[key] = found
+            cache[key] = found
         return found
 
     def metadata_errors(self, key: str, value: Any) -> list[str]:
@@ -95,13 +106,18 @@ class PreparedSchema:
 
 
 class _StaticContext:
-    __slots__ = ("values",)
+    """A file context restricted to the names static selectors may read."""
 
-    def __init__(self, suffix, extension, datatype, modality):
-        self.values = {"suffix": suffix, "extension": extension, "datatype": datatype, "modality": modality}
+    __slots__ = ("ctx",)
+
+    def __init__(self, ctx):
+        self.ctx = ctx
 
     def lookup(self, name):
-        return self.values.get(name)
+        return self.ctx.lookup(name) if name in STATIC_NAMES else None
+
+    def exists(self, *args):
+        return self.ctx.exists(*args)
 
 
 def glob_regex(glob: str) -> re.Pattern:
@@ -112,11 +128,15 @@ def glob_regex(glob: str) -> re.Pattern:
 
 
 def _split_selectors(selectors: list[str]):
-    static, dynamic = [], []
+    static, dynamic, path = [], [], None
     for source in selectors:
+        literal = _PATH_SELECTOR.match(source)
+        if literal:
+            path = literal.group(2)
+            continue
         compiled = compile_expression(source)
         (static if compiled.names and compiled.names <= STATIC_NAMES else dynamic).append(compiled)
-    return static, dynamic
+    return static, dynamic, path
 
 
 def prepare(schema: dict) -> PreparedSchema:
@@ -163,6 +183,7 @@ def prepare(schema: dict) -> PreparedSchema:
         visit(child, f"rules.files.{key}")
 
     compiled: list[Rule] = []
+    entity_reads: set[str] = set()
 
     def collect(node, rule_id):
         for key, child in node.items():
@@ -170,10 +191,11 @@ def prepare(schema: dict) -> PreparedSchema:
                 continue
             child_id = f"{rule_id}.{key}"
             if "selectors" in child:
-                static, dynamic = _split_selectors(child["selectors"])
+                static, dynamic, path = _split_selectors(child["selectors"])
                 compiled.append(Rule(child_id, child, static, dynamic,
                                      [compile_expression(c) for c in child.get("checks", [])],
-                                     child_id.startswith("rules.sidecars")))
+                                     child_id.startswith("rules.sidecars"), path))
+                entity_reads.update(_ENTITY_READ.findall(" ".join(child["selectors"])))
             else:
                 collect(child, child_id)
 
@@ -198,7 +220,8 @@ def prepare(schema: dict) -> PreparedSchema:
         entity_short=entity_short, entity_order=entity_order, entity_pattern=entity_pattern,
         file_rules=file_rules, path_rules=path_rules, stem_rules=stem_rules, suffix_rules=suffix_rules,
         deriv_rule_ids=frozenset(deriv), dir_rules=dir_rules, datatype_modality=datatype_modality,
-        rules=compiled, associations=associations, opaque_dirs=opaque, pseudo_extensions=pseudo)
+        rules=compiled, associations=associations, opaque_dirs=opaque, pseudo_extensions=pseudo,
+        entity_values_read=frozenset(entity_reads))
 
 
 @cache
