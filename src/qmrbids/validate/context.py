@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from qmrbids.validate.expressions import truthy
 from qmrbids.validate.index import File, Folder
 from qmrbids.validate.issues import Issue, make
 
@@ -140,11 +141,16 @@ class DatasetContext:
     subjects: dict
     issues: list[Issue] = field(default_factory=list)
     validated_keys: set = field(default_factory=set)
-    rule_cache: dict = field(default_factory=dict)   # kind of file -> candidate rules (constant per dataset)
+    rule_cache: dict = field(default_factory=dict)   # (rule set, kind of file) -> selection plan
+    association_cache: dict = field(default_factory=dict)
+    _value: dict | None = None
 
-    def as_value(self) -> dict:
-        return {"dataset_description": self.description, "tree": {}, "ignored": [], "datatypes": [],
-                "modalities": [], "subjects": self.subjects}
+    def value(self) -> dict:
+        """The ``dataset`` object of the expressions (one per dataset)."""
+        if self._value is None:
+            self._value = {"dataset_description": self.description, "tree": {}, "ignored": [], "datatypes": [],
+                           "modalities": [], "subjects": self.subjects}
+        return self._value
 
 
 class FileContext:
@@ -152,7 +158,7 @@ class FileContext:
 
     __slots__ = ("file", "ds", "path", "size", "entities", "datatype", "suffix", "extension", "modality",
                  "sidecar", "sidecar_origin", "associations", "columns", "json", "nifti_header", "subject",
-                 "directory", "_dataset_value")
+                 "directory")
 
     def __init__(self, file: File, ds: DatasetContext, directory: bool = False):
         self.file = file
@@ -171,18 +177,10 @@ class FileContext:
         self.nifti_header = None
         self.subject = None
         self.directory = directory
-        self._dataset_value = None
 
     def lookup(self, name: str):
-        if name == "dataset":
-            if self._dataset_value is None:
-                self._dataset_value = self.ds.as_value()
-            return self._dataset_value
-        if name == "schema":
-            return self.ds.schema
-        if name in FileContext.__slots__ and not name.startswith("_") and name not in ("file", "ds"):
-            return getattr(self, name)
-        return None
+        getter = _GETTERS.get(name)
+        return getter(self) if getter is not None else None
 
     def exists(self, paths, rule: str = "dataset") -> int:
         if paths is None:
@@ -196,6 +194,24 @@ class FileContext:
         return sum(1 for p in paths if isinstance(p, str) and tree.contains(prefix + p.split("/")))
 
 
+_GETTERS = {name: (lambda ctx, n=name: getattr(ctx, n)) for name in (
+    "path", "size", "entities", "datatype", "suffix", "extension", "modality", "sidecar", "associations",
+    "columns", "json", "nifti_header", "subject")}
+_GETTERS["dataset"] = lambda ctx: ctx.ds.value()
+_GETTERS["schema"] = lambda ctx: ctx.ds.schema
+
+
+def _folder_index(folder: Folder) -> dict:
+    """A folder's files grouped by suffix, with their extension and entities (built once)."""
+    index = folder.by_suffix
+    if index is None:
+        index = folder.by_suffix = {}
+        for other in folder.files.values():
+            _, suffix, ext, ents = read_entities(other.name)
+            index.setdefault(suffix, []).append((other, ext, ents))
+    return index
+
+
 def walk_back(file: File, inherit: bool, extensions: tuple[str, ...], suffix: str | None,
               mark_viewed: bool = True):
     """Files that apply to ``file`` by the inheritance principle, nearest first."""
@@ -204,11 +220,8 @@ def walk_back(file: File, inherit: bool, extensions: tuple[str, ...], suffix: st
     target_suffix = suffix or source_suffix
     folder = file.parent
     while folder is not None:
-        candidates = []
-        for other in folder.files.values():
-            _, osuffix, oext, oents = read_entities(other.name)
-            if oext in extensions and osuffix == target_suffix and all(source.get(k) == v for k, v in oents):
-                candidates.append((other, oents))
+        candidates = [(other, oents) for other, oext, oents in _folder_index(folder).get(target_suffix, ())
+                      if oext in extensions and all(source.get(k) == v for k, v in oents)]
         if len(candidates) > 1:
             exact = [c for c, oents in candidates if all(dict(oents).get(k) == v for k, v in source.items())]
             if exact:
@@ -253,9 +266,12 @@ def load_sidecar(ctx: FileContext) -> None:
 
 def load_associations(ctx: FileContext, prepared) -> None:
     reader = ctx.ds.reader
-    for name, selectors, target, inherit in prepared.associations:
-        if not all(s(ctx) for s in selectors):
-            continue
+    kind = (ctx.suffix, ctx.extension, ctx.datatype, tuple(ctx.entities), ctx.entities.get("atlas"))
+    selected = ctx.ds.association_cache.get(kind)
+    if selected is None:  # association selectors read only the file's kind (checked in schema_rules)
+        selected = ctx.ds.association_cache[kind] = [
+            a for a in prepared.associations if all(truthy(s(ctx)) for s in a[1])]
+    for name, _, target, inherit in selected:
         try:
             found = next(walk_back(ctx.file, inherit, tuple(target["extensions"]), target["suffix"]), None)
         except LoadError as error:

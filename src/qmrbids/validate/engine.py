@@ -137,7 +137,12 @@ def validate_dataset(path: Path, options: Options | None = None, _label: str = "
             pass
     ds = DatasetContext(tree=tree, reader=reader, schema=prepared.schema, description=description,
                         subjects=subjects, issues=issues)
-    contexts: list[FileContext] = []
+    extension = None
+    if not options.strict_official:
+        from qmrbids.validate import qmri
+
+        extension = qmri.load_extension(options.schema_version or qmri.declared_version(description))
+    nifti: list[FileContext] = []   # kept for the extension's collection rules
     for ctx in iter_contexts(ds, prepared, tree):
         if ctx.file.ignored:
             continue
@@ -151,18 +156,17 @@ def validate_dataset(path: Path, options: Options | None = None, _label: str = "
         if ctx.directory:
             continue
         apply_rules(ctx, prepared)
-        if not options.strict_official:  # the qMRI rules need every file's context afterwards
-            contexts.append(ctx)
+        if extension is not None:
+            issues.extend(qmri.apply_file(extension, ctx))
+            if ctx.extension in qmri.NIFTI and ctx.suffix:
+                nifti.append(ctx)
     subjects.pop("_by_subject", None)
     issues.extend(unused_sidecars(ds, prepared, tree))
 
     qmri_version = None
-    if not options.strict_official:
-        from qmrbids.validate import qmri
-
-        extension = qmri.load_extension(options.schema_version or qmri.declared_version(description))
+    if extension is not None:
         qmri_version = extension.version
-        issues.extend(qmri.apply(extension, contexts, ds, derivatives, root))
+        issues.extend(qmri.apply_dataset(extension, nifti, derivatives, root))
 
     report = Report(_label, _dedupe(_apply_config(issues, options)), prepared.bids_version,
                     prepared.schema_version, qmri_version, index.file_count)

@@ -369,3 +369,115 @@ def _names(node) -> frozenset[str]:
             walk(n.rh)
     walk(node)
     return frozenset(found)
+
+
+# ---------------------------------------------------------------- memoisation of selectors
+
+# Roots whose first-level properties a memo key may read; the second set may also be read whole.
+_FIELD_ROOTS = frozenset({"sidecar", "json", "associations", "nifti_header", "columns", "subject", "entities"})
+_WHOLE_ROOTS = frozenset({"nifti_header", "associations", "subject", "entities", "suffix", "extension", "datatype",
+                          "modality", "path", "size"})
+_PER_DATASET = frozenset({"dataset", "schema"})
+
+
+class _NotMemoisable(Exception):
+    pass
+
+
+def freeze(value):
+    """A hashable stand-in for a JSON value that keeps JavaScript's type distinctions (1 vs true)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, (int, float)):
+        return ("n", value)
+    if isinstance(value, list):
+        return ("l", tuple(freeze(v) for v in value))
+    if isinstance(value, dict):
+        return ("d", tuple(sorted((k, freeze(v)) for k, v in value.items())))
+    return ("o", id(value))
+
+
+def _accessors(node, out: set) -> None:
+    if isinstance(node, (int, float)):
+        return
+    if isinstance(node, str):
+        if node[:1] in "\"'" or node in CONSTANTS or node in _PER_DATASET:
+            return
+        if node in _WHOLE_ROOTS:
+            out.add(("whole", node, None))
+            return
+        raise _NotMemoisable(node)
+    if isinstance(node, ast.Property):
+        if isinstance(node.name, str) and node.name in _FIELD_ROOTS:
+            out.add(("field", node.name, node.field))
+        else:
+            _accessors(node.name, out)
+        return
+    if isinstance(node, ast.BinOp):
+        if (node.op == "in" and isinstance(node.rh, str) and node.rh in _FIELD_ROOTS
+                and isinstance(node.lh, str) and node.lh[:1] in "\"'"):
+            out.add(("has", node.rh, node.lh[1:-1]))
+            return
+        _accessors(node.lh, out)
+        _accessors(node.rh, out)
+        return
+    if isinstance(node, ast.Function):
+        if node.name == "exists":
+            raise _NotMemoisable("exists()")
+        for arg in node.args:
+            _accessors(arg, out)
+        return
+    if isinstance(node, ast.Element):
+        _accessors(node.name, out)
+        _accessors(node.index, out)
+        return
+    if isinstance(node, ast.Array):
+        for e in node.elements:
+            _accessors(e, out)
+        return
+    if isinstance(node, ast.RightOp):
+        _accessors(node.rh, out)
+        return
+    raise _NotMemoisable(repr(node))
+
+
+def accessors(source: str) -> tuple | None:
+    """The context values an expression can read, as (kind, root, name) triples; None if unbounded.
+
+    E.g. ``type(sidecar.IntendedFor) == "string"`` reads only ``("field", "sidecar", "IntendedFor")``.
+    Equal values of these give equal results within one dataset, so results can be memoised.
+    """
+    found: set = set()
+    try:
+        _accessors(ast.parse(source), found)
+    except _NotMemoisable:
+        return None
+    return tuple(sorted(found, key=repr))
+
+
+def key_function(reads: tuple):
+    """``f(ctx) -> hashable`` holding the values ``reads`` (from :func:`accessors`) name."""
+    wholes = [root for kind, root, _ in reads if kind == "whole"]
+    by_root: dict[str, tuple[list, list]] = {}
+    for kind, root, name in reads:
+        if kind != "whole":
+            by_root.setdefault(root, ([], []))[0 if kind == "field" else 1].append(name)
+    groups = [(root, tuple(fields), tuple(present)) for root, (fields, present) in sorted(by_root.items())]
+
+    def key(ctx):
+        out = [freeze(ctx.lookup(root)) for root in wholes]
+        for root, fields, present in groups:
+            value = ctx.lookup(root)
+            if isinstance(value, dict):
+                get = value.get
+                for name in fields:
+                    v = get(name)
+                    out.append(v if v is None or v.__class__ is str else freeze(v))
+                for name in present:
+                    out.append(name in value)
+            else:
+                out.append(("x", freeze(value)))
+        return tuple(out)
+    return key

@@ -36,6 +36,7 @@ class Folder:
     files: dict[str, File] = field(default_factory=dict)
     folders: dict[str, "Folder"] = field(default_factory=dict)
     ignored: bool = False
+    by_suffix: dict | None = None   # filled on first use by the inheritance lookup
 
     def walk_files(self):
         yield from self.files.values()

@@ -63,8 +63,9 @@ def find_file_rules(ctx: FileContext, prepared: PreparedSchema, derivative: bool
     found.extend(prepared.suffix_rules.get(ctx.suffix, ()))
     if not derivative:
         found = [r for r in found if r not in prepared.deriv_rule_ids]
-    order = {rid: i for i, rid in enumerate(prepared.file_rules)}
-    return sorted(set(found), key=order.__getitem__)
+    if len(found) < 2:
+        return found
+    return sorted(set(found), key=prepared.file_rule_order.__getitem__)
 
 
 def find_dir_rules(ctx: FileContext, prepared: PreparedSchema, dataset_type: str) -> list[str]:
@@ -210,39 +211,64 @@ def _field_level(requirement, ctx: FileContext) -> str:
     return level
 
 
+_MISSING_MESSAGES: dict = {}
+
+
+def _missing_message(name: str, level: str, sidecar: bool) -> str:
+    key = (name, level, sidecar)
+    text = _MISSING_MESSAGES.get(key)
+    if text is None:
+        where = "the sidecar (or one it inherits from)" if sidecar else "this file"
+        text = _MISSING_MESSAGES[key] = f"{name} is {'required' if level == 'error' else 'recommended'}; add it to {where}."
+    return text
+
+
+def _field_plan(rule, prepared: PreparedSchema) -> list:
+    """(schema key, JSON name, level if fixed else None, requirement, custom issue) per field, built once."""
+    plan = prepared.field_plans.get(rule)
+    if plan is None:
+        metadata = prepared.schema["objects"]["metadata"]
+        plan = []
+        for key, requirement in rule.spec["fields"].items():
+            fixed = None if isinstance(requirement, dict) and requirement.get("level_addendum") else \
+                LEVEL.get(requirement if isinstance(requirement, str) else requirement.get("level", ""), "ignore")
+            custom = requirement.get("issue") if isinstance(requirement, dict) else None
+            if not (custom and custom.get("code") and custom.get("message")):
+                custom = None
+            plan.append((key, metadata[key]["name"], fixed, requirement, custom))
+        prepared.field_plans[rule] = plan
+    return plan
+
+
 def eval_fields(rule, ctx: FileContext, prepared: PreparedSchema) -> None:
     if rule.is_sidecar and ctx.extension in NO_SIDECAR_EXTENSIONS:
         return
     data = ctx.sidecar if rule.is_sidecar else ctx.json
-    metadata = prepared.schema["objects"]["metadata"]
     issues = ctx.ds.issues
-    for key, requirement in rule.spec["fields"].items():
-        definition = metadata[key]
-        name = definition["name"]
+    validated = ctx.ds.validated_keys
+    for key, name, level, requirement, custom in _field_plan(rule, prepared):
         if name not in data:
-            level = _field_level(requirement, ctx)
-            if level != "ignore":
-                custom = requirement.get("issue") if isinstance(requirement, dict) else None
-                if custom and custom.get("code") and custom.get("message"):
-                    issues.append(Issue(custom["code"], level, ctx.path, " ".join(custom["message"].split()),
-                                        key=name, rule_id=rule.rule_id))
-                else:
-                    kind = "SIDECAR_KEY" if rule.is_sidecar else "JSON_KEY"
-                    code = f"{kind}_{'REQUIRED' if level == 'error' else 'RECOMMENDED'}"
-                    where = "the sidecar (or one it inherits from)" if rule.is_sidecar else "this file"
-                    issues.append(Issue(code, level, ctx.path,
-                                        f"{name} is {'required' if level == 'error' else 'recommended'}; add it to {where}.",
-                                        key=name, rule_id=rule.rule_id))
+            if level is None:
+                level = _field_level(requirement, ctx)
+            if level == "ignore":
+                continue
+            if custom is not None:
+                issues.append(Issue(custom["code"], level, ctx.path, " ".join(custom["message"].split()),
+                                    key=name, rule_id=rule.rule_id))
+            else:
+                kind = "SIDECAR_KEY" if rule.is_sidecar else "JSON_KEY"
+                issues.append(Issue(f"{kind}_{'REQUIRED' if level == 'error' else 'RECOMMENDED'}", level, ctx.path,
+                                    _missing_message(name, level, rule.is_sidecar), key=name, rule_id=rule.rule_id))
             continue
         location = ctx.sidecar_origin.get(name, "") if rule.is_sidecar else ctx.path
         address = (location, name)
-        if rule.is_sidecar and address in ctx.ds.validated_keys:
+        if rule.is_sidecar and address in validated:
             continue
         for message in prepared.metadata_errors(key, data[name]):
             issues.append(make("JSON_SCHEMA_VALIDATION_ERROR", location, f"{name}: {message}.", key=name,
                                rule_id=rule.rule_id))
         if rule.is_sidecar and location:
-            ctx.ds.validated_keys.add(address)
+            validated.add(address)
 
 
 def _type_ok(column: dict, value: str, prepared: PreparedSchema) -> bool:
@@ -345,12 +371,7 @@ def eval_columns(rule, ctx: FileContext, prepared: PreparedSchema) -> None:
 
 def apply_rules(ctx: FileContext, prepared: PreparedSchema) -> None:
     issues = ctx.ds.issues
-    path = ctx.path
-    for rule in prepared.candidate_rules(ctx, ctx.ds.rule_cache):
-        if rule.path is not None and rule.path != path:
-            continue
-        if rule.dynamic and not all(truthy(s(ctx)) for s in rule.dynamic):
-            continue
+    for rule in prepared.rules.select(ctx, ctx.ds.rule_cache):
         spec = rule.spec
         if rule.checks and not all(truthy(c(ctx)) for c in rule.checks):
             issue = spec.get("issue") or {}

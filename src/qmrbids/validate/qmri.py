@@ -21,6 +21,7 @@ from qmrbids.validate.context import DatasetContext, FileContext, FileReader, Lo
 from qmrbids.validate.expressions import compile_expression, truthy
 from qmrbids.validate.index import Folder
 from qmrbids.validate.issues import Issue
+from qmrbids.validate.rules import Rule, RuleSet
 
 VERSION_KEY = "QMRIExtensionVersion"
 NIFTI = (".nii", ".nii.gz")
@@ -40,13 +41,14 @@ class QRule:
     varies: tuple[str, ...]
     selectors: list
     checks: list
-    json_schema: tuple[str, object] | None
 
 
 @dataclass
 class Extension:
     version: str
-    rules: list[QRule]
+    rules: list[QRule]          # collection and derivative scopes
+    file_rules: RuleSet         # per-file rules, selected like the official ones
+    schemas: dict               # file rule -> (JSON key, JSON Schema validator) for json_schema rules
 
 
 def known_versions() -> list[str]:
@@ -60,22 +62,24 @@ def declared_version(description: dict) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _rules_from(path: Path, prefix: str, version_dir: Path) -> list[QRule]:
-    out = []
+def _rules_from(path: Path, prefix: str, version_dir: Path, extension: Extension) -> None:
     for name, spec in (yaml.safe_load(path.read_text()) or {}).items():
         issue = spec["issue"]
-        schema = None
-        if "json_schema" in spec:
-            target = json.loads((version_dir / spec["json_schema"]["schema"]).read_text())
-            schema = (spec["json_schema"]["key"], jsonschema.Draft202012Validator(
-                target, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER))
-        out.append(QRule(
-            f"{prefix}.{name}", issue["code"], issue["level"], " ".join(issue["message"].split()),
-            "collection" if "collection" in spec else spec.get("scope", "file"),
+        rule_id = f"{prefix}.{name}"
+        scope = "collection" if "collection" in spec else spec.get("scope", "file")
+        if scope == "file":
+            rule = Rule.compile(rule_id, spec)
+            extension.file_rules.rules.append(rule)
+            if "json_schema" in spec:
+                target = json.loads((version_dir / spec["json_schema"]["schema"]).read_text())
+                extension.schemas[rule] = (spec["json_schema"]["key"], jsonschema.Draft202012Validator(
+                    target, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER))
+            continue
+        extension.rules.append(QRule(
+            rule_id, issue["code"], issue["level"], " ".join(issue["message"].split()), scope,
             tuple(spec.get("collection", {}).get("varies", ())),
             [compile_expression(s) for s in spec.get("selectors", [])],
-            [compile_expression(c) for c in spec.get("checks", [])], schema))
-    return out
+            [compile_expression(c) for c in spec.get("checks", [])]))
 
 
 @cache
@@ -87,12 +91,13 @@ def load_extension(version: str | None) -> Extension:
         raise UnknownVersion(f"unknown qMRI extension version {version!r}; known versions: {', '.join(versions)}")
     version_dir = data_path("schema", version)
     meta = json.loads((version_dir / "schema.json").read_text())
-    rules: list[QRule] = []
+    extension = Extension(version, [], RuleSet([]), {})
     for rel in meta.get("rules", []):
-        rules.extend(_rules_from(version_dir / rel, f"qmri.{Path(rel).stem}", version_dir))
+        _rules_from(version_dir / rel, f"qmri.{Path(rel).stem}", version_dir, extension)
     for pack in meta.get("rule_packs", []):
-        rules.extend(_rules_from(data_path("validators", pack), f"validators.{Path(pack).stem}", version_dir))
-    return Extension(version, rules)
+        _rules_from(data_path("validators", pack), f"validators.{Path(pack).stem}", version_dir, extension)
+    extension.file_rules = RuleSet(extension.file_rules.rules)  # recompute what selectors read
+    return extension
 
 
 class Collection:
@@ -126,8 +131,6 @@ class _Scope:
 def _collections(contexts: list[FileContext], varies: tuple[str, ...]) -> dict:
     groups: dict = {}
     for ctx in contexts:
-        if ctx.extension not in NIFTI or not ctx.suffix:
-            continue
         key = (ctx.file.parent.path, ctx.suffix,
                tuple(sorted((k, v) for k, v in ctx.entities.items() if k not in varies)))
         groups.setdefault(key, []).append(ctx)
@@ -138,22 +141,30 @@ def _issue(rule: QRule, path: str, detail: str = "", key: str = "") -> Issue:
     return Issue(rule.code, rule.level, path, f"{rule.message} {detail}".strip(), key=key, rule_id=rule.rule_id)
 
 
-def apply(extension: Extension, contexts: list[FileContext], ds: DatasetContext, derivatives: Folder | None,
-          root: Path) -> list[Issue]:
+def apply_file(extension: Extension, ctx: FileContext) -> list[Issue]:
+    """The extension's per-file rules for one file (called from the main loop)."""
+    out = []
+    for rule in extension.file_rules.select(ctx, ctx.ds.rule_cache):
+        issue = rule.spec["issue"]
+        if rule.checks and not all(truthy(c(ctx)) for c in rule.checks):
+            out.append(Issue(issue["code"], issue["level"], ctx.path, " ".join(issue["message"].split()),
+                             rule_id=rule.rule_id))
+        if rule in extension.schemas:
+            key, validator = extension.schemas[rule]
+            for error in validator.iter_errors(ctx.json.get(key)):
+                where = "/".join(str(p) for p in error.absolute_path) or key
+                out.append(Issue(issue["code"], issue["level"], ctx.path,
+                                 f"{' '.join(issue['message'].split())} ({where}: {error.message})", key=key,
+                                 rule_id=rule.rule_id))
+    return out
+
+
+def apply_dataset(extension: Extension, contexts: list[FileContext], derivatives: Folder | None,
+                  root: Path) -> list[Issue]:
+    """Collection rules over the NIfTI files' contexts, and the rules on derivative datasets."""
     issues: list[Issue] = []
     for rule in extension.rules:
-        if rule.scope == "file":
-            for ctx in contexts:
-                if not all(truthy(s(ctx)) for s in rule.selectors):
-                    continue
-                if rule.checks and not all(truthy(c(ctx)) for c in rule.checks):
-                    issues.append(_issue(rule, ctx.path))
-                if rule.json_schema is not None:
-                    key, validator = rule.json_schema
-                    for error in validator.iter_errors(ctx.json.get(key)):
-                        where = "/".join(str(p) for p in error.absolute_path) or key
-                        issues.append(_issue(rule, ctx.path, f"({where}: {error.message})", key=key))
-        elif rule.scope == "collection":
+        if rule.scope == "collection":
             for (_, suffix, shared), members in _collections(contexts, rule.varies).items():
                 scope = _Scope({"suffix": suffix, "entities": dict(shared), "collection": Collection(members),
                                 "path": members[0].path, "datatype": members[0].datatype})

@@ -1,8 +1,7 @@
 """The official BIDS schema, prepared once per run: file rules indexed, every expression compiled.
 
-Preparing means: flatten ``rules.files`` into path/stem/suffix lookups, compile every selector and
-check, split each rule's selectors into those that depend only on (suffix, extension, datatype,
-modality) - evaluated once per such combination - and those evaluated per file.
+Preparing means: flatten ``rules.files`` into path/stem/suffix lookups and compile every rule with
+selectors into a :class:`~qmrbids.validate.rules.RuleSet`.
 """
 
 from __future__ import annotations
@@ -17,25 +16,7 @@ import jsonschema
 
 from qmrbids.schema.bids import bids_schema
 from qmrbids.validate.expressions import compile_expression
-
-# Selectors reading only these names are evaluated once per kind of file (see candidate_rules);
-# dataset and schema are constant within one dataset.
-STATIC_NAMES = frozenset({"suffix", "extension", "datatype", "modality", "entities", "dataset", "schema"})
-_PATH_SELECTOR = re.compile(r"""^\s*path\s*==\s*(["'])([^"']*)\1\s*$""")
-_ENTITY_READ = re.compile(r"entities\.(\w+)")
-
-
-@dataclass
-class Rule:
-    """One schema rule with a ``selectors`` key (rules.sidecars.*, rules.checks.*, rules.tabular_data.*, ...)."""
-
-    rule_id: str
-    spec: dict
-    static: list       # compiled selectors that only read STATIC_NAMES
-    dynamic: list      # compiled selectors read per file
-    checks: list
-    is_sidecar: bool
-    path: str | None = None   # the rule applies to this one path only (a ``path == "..."`` selector)
+from qmrbids.validate.rules import Rule, RuleSet
 
 
 @dataclass
@@ -61,29 +42,14 @@ class PreparedSchema:
     deriv_rule_ids: frozenset[str]
     dir_rules: dict[str, list[tuple[str, dict]]]
     datatype_modality: dict[str, str]
-    rules: list[Rule]
+    rules: RuleSet
     associations: list[tuple[str, list, dict, bool]]
     opaque_dirs: frozenset[str]
     pseudo_extensions: frozenset[str]
-    entity_values_read: frozenset[str] = frozenset()
+    file_rule_order: dict = field(default_factory=dict)
+    field_plans: dict = field(default_factory=dict)
     _metadata_validators: dict = field(default_factory=dict)
     _metadata_results: dict = field(default_factory=dict)
-
-    def candidate_rules(self, ctx, cache: dict) -> list[Rule]:
-        """Rules whose static selectors hold for this kind of file, cached per kind in ``cache``.
-
-        A kind is (suffix, extension, datatype, modality, entity names, and the values of the few
-        entities a selector reads): files differing only in sub/ses/run/flip/echo labels share it.
-        """
-        ents = ctx.entities
-        key = (ctx.suffix, ctx.extension, ctx.datatype, ctx.modality,
-               tuple((k, v if k in self.entity_values_read else "") for k, v in ents.items()))
-        found = cache.get(key)
-        if found is None:
-            probe = _StaticContext(ctx)
-            found = [r for r in self.rules if all(s(probe) for s in r.static)]
-            cache[key] = found
-        return found
 
     def metadata_errors(self, key: str, value: Any) -> list[str]:
         """JSON Schema errors of a metadata value (``objects.metadata``), memoised on the value."""
@@ -105,38 +71,11 @@ class PreparedSchema:
         return errors
 
 
-class _StaticContext:
-    """A file context restricted to the names static selectors may read."""
-
-    __slots__ = ("ctx",)
-
-    def __init__(self, ctx):
-        self.ctx = ctx
-
-    def lookup(self, name):
-        return self.ctx.lookup(name) if name in STATIC_NAMES else None
-
-    def exists(self, *args):
-        return self.ctx.exists(*args)
-
-
 def glob_regex(glob: str) -> re.Pattern:
     out = []
     for ch in glob:
         out.append({"*": "[^/]*", "?": "[^/]"}.get(ch, re.escape(ch)))
     return re.compile("^" + "".join(out) + "$")
-
-
-def _split_selectors(selectors: list[str]):
-    static, dynamic, path = [], [], None
-    for source in selectors:
-        literal = _PATH_SELECTOR.match(source)
-        if literal:
-            path = literal.group(2)
-            continue
-        compiled = compile_expression(source)
-        (static if compiled.names and compiled.names <= STATIC_NAMES else dynamic).append(compiled)
-    return static, dynamic, path
 
 
 def prepare(schema: dict) -> PreparedSchema:
@@ -183,7 +122,6 @@ def prepare(schema: dict) -> PreparedSchema:
         visit(child, f"rules.files.{key}")
 
     compiled: list[Rule] = []
-    entity_reads: set[str] = set()
 
     def collect(node, rule_id):
         for key, child in node.items():
@@ -191,11 +129,7 @@ def prepare(schema: dict) -> PreparedSchema:
                 continue
             child_id = f"{rule_id}.{key}"
             if "selectors" in child:
-                static, dynamic, path = _split_selectors(child["selectors"])
-                compiled.append(Rule(child_id, child, static, dynamic,
-                                     [compile_expression(c) for c in child.get("checks", [])],
-                                     child_id.startswith("rules.sidecars"), path))
-                entity_reads.update(_ENTITY_READ.findall(" ".join(child["selectors"])))
+                compiled.append(Rule.compile(child_id, child))
             else:
                 collect(child, child_id)
 
@@ -220,8 +154,7 @@ def prepare(schema: dict) -> PreparedSchema:
         entity_short=entity_short, entity_order=entity_order, entity_pattern=entity_pattern,
         file_rules=file_rules, path_rules=path_rules, stem_rules=stem_rules, suffix_rules=suffix_rules,
         deriv_rule_ids=frozenset(deriv), dir_rules=dir_rules, datatype_modality=datatype_modality,
-        rules=compiled, associations=associations, opaque_dirs=opaque, pseudo_extensions=pseudo,
-        entity_values_read=frozenset(entity_reads))
+        file_rule_order={rid: i for i, rid in enumerate(file_rules)}, rules=RuleSet(compiled), associations=associations, opaque_dirs=opaque, pseudo_extensions=pseudo)
 
 
 @cache
