@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qmrbids import __version__
@@ -70,18 +70,20 @@ def load_config(path: Path) -> dict:
 
 def _apply_config(issues: list[Issue], options: Options) -> list[Issue]:
     """``--ignore`` codes and the config's level overrides (last matching entry wins, as upstream)."""
+    entries = [(level, rule) for level in ("ignore", "warning", "error") for rule in options.config.get(level, [])]
+    by_code = {rule["code"]: level for level, rule in entries if set(rule) == {"code"}}
+    general = [(level, rule) for level, rule in entries if set(rule) != {"code"}]
     out = []
     for issue in issues:
         if issue.code in options.ignore_codes:
             continue
-        level = issue.level
-        for new_level in ("ignore", "warning", "error"):
-            for rule in options.config.get(new_level, []):
-                if (("code" not in rule or rule["code"] == issue.code)
-                        and ("location" not in rule or fnmatch.fnmatch(issue.path, rule["location"]))):
-                    level = new_level
+        level = by_code.get(issue.code, issue.level)
+        for new_level, rule in general:
+            if (("code" not in rule or rule["code"] == issue.code)
+                    and ("location" not in rule or fnmatch.fnmatch(issue.path, rule["location"]))):
+                level = new_level
         if level != "ignore":
-            out.append(issue if level == issue.level else replace(issue, level=level))
+            out.append(issue if level == issue.level else issue._replace(level=level))
     return out
 
 
@@ -174,7 +176,7 @@ def validate_dataset(path: Path, options: Options | None = None, _label: str = "
         for folder in nested_roots:
             label = f"{_label}/derivatives/{folder.name}".lstrip("/")
             nested = validate_dataset(root / "derivatives" / folder.name, options, label)
-            nested.issues = [replace(i, dataset=label) for i in nested.issues]
+            nested.issues = [i._replace(dataset=label) for i in nested.issues]
             report.nested.extend([nested, *nested.nested])
             nested.nested = []
     return report

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from functools import cache
+from typing import NamedTuple
 
 import yaml
 
@@ -13,8 +13,9 @@ LEVELS = ("error", "warning", "info", "ignore")
 RANK = {"error": 3, "warning": 2, "info": 1, "ignore": 0}
 
 
-@dataclass(frozen=True, slots=True)
-class Issue:
+class Issue(NamedTuple):
+    """One finding; a named tuple because a large dataset yields hundreds of thousands of them."""
+
     code: str
     level: str
     path: str            # dataset-relative, leading "/", as the official validator prints it
@@ -25,7 +26,7 @@ class Issue:
     dataset: str = ""    # "" for the validated dataset, "derivatives/<name>" for nested ones
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v not in ("", None)}
+        return {k: v for k, v in self._asdict().items() if v not in ("", None)}
 
 
 @cache

@@ -163,9 +163,16 @@ def apply_dataset(extension: Extension, contexts: list[FileContext], derivatives
                   root: Path) -> list[Issue]:
     """Collection rules over the NIfTI files' contexts, and the rules on derivative datasets."""
     issues: list[Issue] = []
+    by_suffix: dict[str, list[FileContext]] = {}
+    for ctx in contexts:
+        by_suffix.setdefault(ctx.suffix, []).append(ctx)
     for rule in extension.rules:
         if rule.scope == "collection":
-            for (_, suffix, shared), members in _collections(contexts, rule.varies).items():
+            # Selectors that read only the suffix are decided once per suffix, not per collection.
+            by_name = [s for s in rule.selectors if s.names <= {"suffix"}]
+            members_of = [c for suffix, group in by_suffix.items()
+                          if all(truthy(s(_Scope({"suffix": suffix}))) for s in by_name) for c in group]
+            for (_, suffix, shared), members in _collections(members_of, rule.varies).items():
                 scope = _Scope({"suffix": suffix, "entities": dict(shared), "collection": Collection(members),
                                 "path": members[0].path, "datatype": members[0].datatype})
                 if all(truthy(s(scope)) for s in rule.selectors) and not all(truthy(c(scope)) for c in rule.checks):

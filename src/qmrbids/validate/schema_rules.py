@@ -6,7 +6,6 @@ selectors into a :class:`~qmrbids.validate.rules.RuleSet`.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -15,7 +14,7 @@ from typing import Any
 import jsonschema
 
 from qmrbids.schema.bids import bids_schema
-from qmrbids.validate.expressions import compile_expression
+from qmrbids.validate.expressions import compile_expression, freeze
 from qmrbids.validate.rules import Rule, RuleSet
 
 
@@ -53,12 +52,10 @@ class PreparedSchema:
 
     def metadata_errors(self, key: str, value: Any) -> list[str]:
         """JSON Schema errors of a metadata value (``objects.metadata``), memoised on the value."""
-        try:
-            memo = (key, json.dumps(value, sort_keys=True))
-        except (TypeError, ValueError):
-            memo = None
-        if memo is not None and memo in self._metadata_results:
-            return self._metadata_results[memo]
+        memo = (key, freeze(value))
+        hit = self._metadata_results.get(memo)
+        if hit is not None:
+            return hit
         validator = self._metadata_validators.get(key)
         if validator is None:
             definition = {k: v for k, v in self.schema["objects"]["metadata"][key].items()
@@ -66,7 +63,7 @@ class PreparedSchema:
             validator = jsonschema.Draft202012Validator(definition)
             self._metadata_validators[key] = validator
         errors = [e.message for e in validator.iter_errors(value)]
-        if memo is not None:
+        if len(self._metadata_results) < 100000:
             self._metadata_results[memo] = errors
         return errors
 
