@@ -240,7 +240,8 @@ def validate(
     """Validate a BIDS dataset against the official schema and the qMRI extension."""
     from qmrbids.validate import Options, ValidationError, load_config, validate_dataset
     from qmrbids.validate.qmri import UnknownVersion
-    from qmrbids.validate.reporters import RENDERERS, to_text
+    from qmrbids.io import atomic_text_writer
+    from qmrbids.validate.reporters import WRITERS
 
     try:
         options = Options(strict_official=strict_official, schema_version=schema_version, recursive=recursive,
@@ -249,17 +250,16 @@ def validate(
         report = validate_dataset(dataset, options)
     except (ValidationError, UnknownVersion) as error:
         raise UsageFailure(str(error)) from None
-    if output_format is ReportFormat.text:
-        text = to_text(report, colour=output is None and Console().is_terminal)
-    else:
-        text = RENDERERS[output_format.value](report)
+    write = WRITERS[output_format.value]
     if output is None:
-        sys.stdout.write(text)
+        if output_format is ReportFormat.text:
+            write(report, sys.stdout, colour=Console().is_terminal)
+        else:
+            write(report, sys.stdout)
     else:
-        from qmrbids.io import atomic_write_text
-
         try:
-            atomic_write_text(output, text)
+            with atomic_text_writer(output) as handle:
+                write(report, handle)
         except OSError as error:
             raise UsageFailure(f"{output}: cannot write the report ({error.strerror})") from None
     raise typer.Exit(report.exit_code(fail_on.value))

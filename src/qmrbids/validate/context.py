@@ -170,13 +170,18 @@ class FileContext:
         self.datatype = ""
         self.modality = ""
         self.sidecar: dict = {}
-        self.sidecar_origin: dict = {}
+        self.sidecar_origin: dict | str = {}   # key -> sidecar path, or one path for every key
         self.associations: dict = {}
         self.columns: dict = {}
         self.json: dict = {}
         self.nifti_header = None
         self.subject = None
         self.directory = directory
+
+    def release(self) -> None:
+        """Drop what only the per-file rules needed, for contexts kept until the collection rules."""
+        self.sidecar_origin = self.associations = self.columns = self.json = {}
+        self.nifti_header = self.subject = None
 
     def lookup(self, name: str):
         getter = _GETTERS.get(name)
@@ -246,20 +251,24 @@ def load_sidecar(ctx: FileContext) -> None:
     except LoadError as error:
         ctx.ds.issues.append(make(error.code, error.detail.split(":")[0], error.detail, key=ctx.path))
         found = []
-    merged: dict = {}
-    origin: dict = {}
+    contents = []
     for sidecar in found:
         try:
-            content = ctx.ds.reader.json(sidecar)
+            contents.append((sidecar.path, ctx.ds.reader.json(sidecar)))
         except LoadError as error:
             ctx.ds.issues.append(make(error.code, sidecar.path, error.detail))
-            continue
-        for key, value in content.items():
-            if key not in merged:
-                merged[key] = value
-                origin[key] = sidecar.path
-    if isinstance(merged.get("RepetitionTime"), (int, float)) and not isinstance(merged["RepetitionTime"], bool):
-        merged["RepetitionTime"] = round(merged["RepetitionTime"] * 1000) / 1000
+    if len(contents) == 1:  # the common case: share the parsed file, no copy
+        merged, origin = contents[0][1], contents[0][0]
+    else:
+        merged, origin = {}, {}
+        for path, content in contents:
+            for key, value in content.items():
+                if key not in merged:
+                    merged[key] = value
+                    origin[key] = path
+    tr = merged.get("RepetitionTime")
+    if isinstance(tr, (int, float)) and not isinstance(tr, bool) and round(tr * 1000) / 1000 != tr:
+        merged = {**merged, "RepetitionTime": round(tr * 1000) / 1000}   # as upstream: TR to 1 ms
     ctx.sidecar = merged
     ctx.sidecar_origin = origin
 

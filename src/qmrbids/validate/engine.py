@@ -161,6 +161,7 @@ def validate_dataset(path: Path, options: Options | None = None, _label: str = "
         if extension is not None:
             issues.extend(qmri.apply_file(extension, ctx))
             if ctx.extension in qmri.NIFTI and ctx.suffix:
+                ctx.release()   # collection rules read only the name and the sidecar
                 nifti.append(ctx)
     subjects.pop("_by_subject", None)
     issues.extend(unused_sidecars(ds, prepared, tree))

@@ -260,7 +260,8 @@ def eval_fields(rule, ctx: FileContext, prepared: PreparedSchema) -> None:
                 issues.append(Issue(f"{kind}_{'REQUIRED' if level == 'error' else 'RECOMMENDED'}", level, ctx.path,
                                     _missing_message(name, level, rule.is_sidecar), key=name, rule_id=rule.rule_id))
             continue
-        location = ctx.sidecar_origin.get(name, "") if rule.is_sidecar else ctx.path
+        origin = ctx.sidecar_origin
+        location = (origin if isinstance(origin, str) else origin.get(name, "")) if rule.is_sidecar else ctx.path
         address = (location, name)
         if rule.is_sidecar and address in validated:
             continue
@@ -395,7 +396,7 @@ def load_context(ctx: FileContext, prepared: PreparedSchema, read_headers: bool)
             ctx.json = ds.reader.json(ctx.file)
         except LoadError as error:
             ds.issues.append(make(error.code, ctx.path, error.detail))
-    elif ctx.extension in (".tsv", ".tsv.gz") and ctx.extension == ".tsv":
+    elif ctx.extension == ".tsv":
         try:
             ctx.columns = ds.reader.tsv(ctx.file)
         except LoadError as error:

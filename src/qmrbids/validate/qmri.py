@@ -17,7 +17,7 @@ import jsonschema
 import yaml
 
 from qmrbids.resources import data_path
-from qmrbids.validate.context import DatasetContext, FileContext, FileReader, LoadError
+from qmrbids.validate.context import FileContext, FileReader, LoadError
 from qmrbids.validate.expressions import compile_expression, truthy
 from qmrbids.validate.index import Folder
 from qmrbids.validate.issues import Issue
@@ -179,7 +179,7 @@ def apply_dataset(extension: Extension, contexts: list[FileContext], derivatives
                     names = ", ".join(m.file.name for m in members[:4]) + (" ..." if len(members) > 4 else "")
                     issues.append(_issue(rule, members[0].path, f"Collection of {len(members)}: {names}."))
         elif rule.scope == "derivative" and derivatives is not None:
-            reader = FileReader(root / "derivatives")
+            reader = FileReader(root)
             for folder in derivatives.folders.values():
                 if folder.ignored:
                     continue
@@ -187,17 +187,10 @@ def apply_dataset(extension: Extension, contexts: list[FileContext], derivatives
                 file = folder.files.get("dataset_description.json")
                 if file is not None:
                     try:
-                        description = reader.json(_relative(file, folder))
+                        description = reader.json(file)
                     except LoadError:
                         description = None
                 scope = _Scope({"description": description, "path": folder.path})
                 if all(truthy(s(scope)) for s in rule.selectors) and not all(truthy(c(scope)) for c in rule.checks):
                     issues.append(_issue(rule, folder.path + "dataset_description.json"))
     return issues
-
-
-def _relative(file, folder: Folder):
-    """The description file addressed relative to ``derivatives/`` for the reader."""
-    from qmrbids.validate.index import File
-
-    return File(file.name, file.path[len("/derivatives"):], file.size, folder)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from typing import TextIO
 from xml.etree import ElementTree as ET
 
 from qmrbids.validate.engine import Report
@@ -26,10 +27,11 @@ def _ordered(report: Report):
     return sorted(report.all_issues(), key=lambda i: (rank.get(i.level, 3), i.code, i.dataset, i.path))
 
 
-def to_json(report: Report) -> str:
+def write_json(report: Report, out: TextIO) -> None:
+    """The JSON report, written issue by issue (a large dataset has hundreds of thousands)."""
     issues = _ordered(report)
     summary = {**report.counts(), "codes": dict(sorted(Counter(i.code for i in issues).items()))}
-    return json.dumps({
+    head = json.dumps({
         "format_version": 1,
         "tool": {"name": "qmrbids", "version": report.tool_version},
         "bids_version": report.bids_version,
@@ -37,8 +39,11 @@ def to_json(report: Report) -> str:
         "qmri_schema_version": report.qmri_schema_version,
         "datasets": [{"dataset": r.dataset, "files": r.files} for r in (report, *report.nested)],
         "summary": summary,
-        "issues": [i.to_dict() for i in issues],
-    }, indent=2) + "\n"
+    }, indent=2)
+    out.write(head[:-2] + ',\n  "issues": [')
+    for n, issue in enumerate(issues):
+        out.write(("\n    " if n == 0 else ",\n    ") + json.dumps(issue.to_dict()))
+    out.write("\n  ]\n}\n" if issues else "]\n}\n")
 
 
 def to_text(report: Report, colour: bool = False, per_code: int = 3) -> str:
@@ -66,33 +71,35 @@ def to_text(report: Report, colour: bool = False, per_code: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_sarif(report: Report) -> str:
-    """SARIF 2.1.0 for GitHub code scanning: one rule per code, one result per issue."""
+def write_sarif(report: Report, out: TextIO) -> None:
+    """SARIF 2.1.0 for GitHub code scanning: one rule per code, one result per issue (streamed)."""
     issues = _ordered(report)
     codes = sorted({i.code for i in issues})
+    index = {code: n for n, code in enumerate(codes)}
     first = {}
     for issue in issues:
         first.setdefault(issue.code, issue)
     rules = [{"id": code, "name": code, "shortDescription": {"text": first[code].message[:200] or code},
               "defaultConfiguration": {"level": SARIF_LEVEL.get(first[code].level, "note")}} for code in codes]
-    results = []
-    for issue in issues:
-        uri = "/".join(p for p in (issue.dataset, issue.path.strip("/")) if p) or "."
-        result = {"ruleId": issue.code, "ruleIndex": codes.index(issue.code), "level": SARIF_LEVEL.get(issue.level, "note"),
-                  "message": {"text": issue.message or issue.code},
-                  "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri, "uriBaseId": "DATASET"}}}]}
-        props = {k: v for k, v in (("key", issue.key), ("row", issue.row), ("rule_id", issue.rule_id)) if v}
-        if props:
-            result["properties"] = props
-        results.append(result)
-    return json.dumps({
+    head = json.dumps({
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json", "version": "2.1.0",
         "runs": [{"tool": {"driver": {"name": "qmrbids", "version": report.tool_version, "informationUri": INFO_URI,
                                       "rules": rules}},
                   "properties": {"bids_version": report.bids_version, "bids_schema_version": report.bids_schema_version,
                                  "qmri_schema_version": report.qmri_schema_version},
-                  "results": results}],
-    }, indent=2) + "\n"
+                  "results": []}],
+    })
+    out.write(head[:-4])   # up to the open results list: ...,"results": [
+    for n, issue in enumerate(issues):
+        uri = "/".join(p for p in (issue.dataset, issue.path.strip("/")) if p) or "."
+        result = {"ruleId": issue.code, "ruleIndex": index[issue.code], "level": SARIF_LEVEL.get(issue.level, "note"),
+                  "message": {"text": issue.message or issue.code},
+                  "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri, "uriBaseId": "DATASET"}}}]}
+        props = {k: v for k, v in (("key", issue.key), ("row", issue.row), ("rule_id", issue.rule_id)) if v}
+        if props:
+            result["properties"] = props
+        out.write(("" if n == 0 else ", ") + json.dumps(result))
+    out.write("]}]}\n")
 
 
 def to_junit(report: Report) -> str:
@@ -122,4 +129,12 @@ def to_junit(report: Report) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
 
-RENDERERS = {"json": to_json, "sarif": to_sarif, "junit": to_junit}
+def write_junit(report: Report, out: TextIO) -> None:
+    out.write(to_junit(report))
+
+
+def write_text(report: Report, out: TextIO, colour: bool = False) -> None:
+    out.write(to_text(report, colour=colour))
+
+
+WRITERS = {"json": write_json, "sarif": write_sarif, "junit": write_junit, "text": write_text}
