@@ -18,7 +18,7 @@ from qmrbids.validate.issues import Issue
 DEFAULT_IGNORES = (".git**", ".*", "sourcedata/", "code/", "stimuli/", "log/")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class File:
     name: str
     path: str           # dataset-relative, with a leading "/" as in the official validator
@@ -28,7 +28,7 @@ class File:
     viewed: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Folder:
     name: str
     path: str           # "/" for the root, "/sub-01/" style otherwise (trailing slash)

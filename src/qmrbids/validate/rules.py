@@ -36,9 +36,16 @@ class Rule:
     memoised: list = field(default_factory=list)    # compiled, decided per tuple of values read
     per_file: list = field(default_factory=list)    # compiled, evaluated for every file
     reads: tuple = ()                               # what the memoised selectors read
-    checks: list = field(default_factory=list)
     path: str | None = None                         # the rule applies to this one path only
     is_sidecar: bool = False
+    _checks: list | None = None
+
+    @property
+    def checks(self) -> list:
+        """Compiled checks; compiled on first use (most rules never apply to a given dataset)."""
+        if self._checks is None:
+            self._checks = [compile_expression(c) for c in self.spec.get("checks", [])]
+        return self._checks
 
     @classmethod
     def compile(cls, rule_id: str, spec: dict) -> "Rule":
@@ -60,7 +67,6 @@ class Rule:
                 rule.memoised.append(compiled)
                 reads.update(found)
         rule.reads = tuple(sorted(reads, key=repr))
-        rule.checks = [compile_expression(c) for c in spec.get("checks", [])]
         return rule
 
 
