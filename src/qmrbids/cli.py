@@ -501,5 +501,60 @@ def main(argv: list[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
+# ---------------------------------------------------------------- qmrbids validate
+
+class ReportFormat(str, Enum):
+    text = "text"
+    json = "json"
+    sarif = "sarif"
+    junit = "junit"
+
+
+class FailOn(str, Enum):
+    error = "error"
+    warning = "warning"
+
+
+@app.command()
+def validate(
+    dataset: Annotated[Path, typer.Argument(help="BIDS dataset folder.")],
+    output_format: Annotated[ReportFormat, typer.Option("--format", help="Report format.")] = ReportFormat.text,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to FILE.")] = None,
+    fail_on: Annotated[FailOn, typer.Option(help="Exit 1 if an issue at this level or above.")] = FailOn.error,
+    schema_version: Annotated[str | None, typer.Option(help="qMRI extension version (default: the dataset's).")] = None,
+    strict_official: Annotated[bool, typer.Option("--strict-official", help="Official BIDS rules only.")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", help="Validate derivatives/* datasets too.")] = False,
+    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Drop issues with this code (repeatable).")] = None,
+    config: Annotated[Path | None, typer.Option(help="bids-validator style config (ignore/warning/error lists).")] = None,
+    ignore_nifti_headers: Annotated[bool, typer.Option("--ignore-nifti-headers", help="Do not read NIfTI headers.")] = False,
+) -> None:
+    """Validate a BIDS dataset against the official schema and the qMRI extension."""
+    from qmrbids.validate import Options, ValidationError, load_config, validate_dataset
+    from qmrbids.validate.qmri import UnknownVersion
+    from qmrbids.io import atomic_text_writer
+    from qmrbids.validate.reporters import WRITERS
+
+    try:
+        options = Options(strict_official=strict_official, schema_version=schema_version, recursive=recursive,
+                          ignore_codes=tuple(ignore or ()), config=load_config(config) if config else {},
+                          read_nifti_headers=not ignore_nifti_headers)
+        report = validate_dataset(dataset, options)
+    except (ValidationError, UnknownVersion) as error:
+        raise UsageFailure(str(error)) from None
+    write = WRITERS[output_format.value]
+    if output is None:
+        if output_format is ReportFormat.text:
+            write(report, sys.stdout, colour=Console().is_terminal)
+        else:
+            write(report, sys.stdout)
+    else:
+        try:
+            with atomic_text_writer(output) as handle:
+                write(report, handle)
+        except OSError as error:
+            raise UsageFailure(f"{output}: cannot write the report ({error.strerror})") from None
+    raise typer.Exit(report.exit_code(fail_on.value))
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from qmrbids import __version__
 from qmrbids.convert.config import StudyConfig
+from qmrbids.convert.run import EXTENSION_VERSION
 from qmrbids.io import atomic_write_text
 from qmrbids.schema import bids_version
 
@@ -57,6 +58,9 @@ def write_dataset_files(bids_dir: Path, config: StudyConfig, dcm2niix_version: s
             "Name": config.dataset.get("Name", "qmrbids conversion"),
             "BIDSVersion": bids_version(),
             "DatasetType": "raw",
+            # Which qMRI extension (schema/<version>/) the data follow; `qmrbids validate` reads it.
+            # An extra top-level key: the official validator accepts unknown dataset_description keys.
+            "QMRIExtensionVersion": EXTENSION_VERSION,
             **{k: v for k, v in config.dataset.items() if k != "Name"},
             "GeneratedBy": [
                 {"Name": "qmrbids", "Version": __version__, "CodeURL": CODE_URL},

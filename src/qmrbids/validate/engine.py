@@ -1,0 +1,183 @@
+"""Validate a dataset: index it once, apply the official rules, then the qMRI extension's rule packs."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qmrbids import __version__
+from qmrbids.validate.context import DatasetContext, FileContext, FileReader, LoadError
+from qmrbids.validate.index import Folder, index_dataset
+from qmrbids.validate.issues import RANK, Issue, make
+from qmrbids.validate.official import (apply_rules, check_filename, iter_contexts, load_context,
+                                       unused_sidecars)
+from qmrbids.validate.schema_rules import official_schema
+
+
+class ValidationError(Exception):
+    """The dataset cannot be validated at all (not a folder, unreadable root, unknown schema version)."""
+
+
+@dataclass
+class Options:
+    strict_official: bool = False
+    schema_version: str | None = None     # qMRI extension version; None: the dataset's own, else the newest
+    recursive: bool = False
+    ignore_codes: tuple[str, ...] = ()
+    config: dict = field(default_factory=dict)   # {"ignore"|"warning"|"error": [{"code": ..., "location": ...}]}
+    read_nifti_headers: bool = True
+
+
+@dataclass
+class Report:
+    dataset: str
+    issues: list[Issue]
+    bids_version: str
+    bids_schema_version: str
+    qmri_schema_version: str | None
+    files: int
+    nested: list["Report"] = field(default_factory=list)
+    tool_version: str = __version__
+
+    def all_issues(self) -> list[Issue]:
+        return [*self.issues, *(i for n in self.nested for i in n.issues)]
+
+    def counts(self) -> dict[str, int]:
+        out = {"error": 0, "warning": 0, "info": 0}
+        for issue in self.all_issues():
+            if issue.level in out:
+                out[issue.level] += 1
+        return out
+
+    def exit_code(self, fail_on: str = "error") -> int:
+        threshold = RANK[fail_on]
+        return 1 if any(RANK.get(i.level, 0) >= threshold for i in self.all_issues()) else 0
+
+
+def load_config(path: Path) -> dict:
+    """A configuration file in the official validator's format (``{"ignore": [{"code": ...}], ...}``)."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValidationError(f"{path}: cannot read the config ({error})") from None
+    if not isinstance(config, dict) or any(
+            not isinstance(config.get(k, []), list) for k in ("ignore", "warning", "error")):
+        raise ValidationError(f"{path}: the config must be an object with lists under ignore/warning/error")
+    return config
+
+
+def _apply_config(issues: list[Issue], options: Options) -> list[Issue]:
+    """``--ignore`` codes and the config's level overrides (last matching entry wins, as upstream)."""
+    entries = [(level, rule) for level in ("ignore", "warning", "error") for rule in options.config.get(level, [])]
+    by_code = {rule["code"]: level for level, rule in entries if set(rule) == {"code"}}
+    general = [(level, rule) for level, rule in entries if set(rule) != {"code"}]
+    out = []
+    for issue in issues:
+        if issue.code in options.ignore_codes:
+            continue
+        level = by_code.get(issue.code, issue.level)
+        for new_level, rule in general:
+            if (("code" not in rule or rule["code"] == issue.code)
+                    and ("location" not in rule or fnmatch.fnmatch(issue.path, rule["location"]))):
+                level = new_level
+        if level != "ignore":
+            out.append(issue if level == issue.level else issue._replace(level=level))
+    return out
+
+
+def _dedupe(issues: list[Issue]) -> list[Issue]:
+    seen, out = set(), []
+    for issue in issues:
+        if issue not in seen:
+            seen.add(issue)
+            out.append(issue)
+    return out
+
+
+def validate_dataset(path: Path, options: Options | None = None, _label: str = "") -> Report:
+    """Validate the BIDS dataset at ``path`` (and, with ``recursive``, its derivative datasets)."""
+    options = options or Options()
+    prepared = official_schema()
+    root = Path(path)
+    try:
+        index = index_dataset(root)
+    except (NotADirectoryError, FileNotFoundError) as error:
+        raise ValidationError(f"{root}: not a folder") from error
+    except PermissionError as error:
+        raise ValidationError(f"{root}: cannot be read ({error.strerror})") from error
+    reader = FileReader(root)
+    tree = index.tree
+    issues: list[Issue] = list(index.issues)
+    description: dict = {}
+    description_file = tree.files.get("dataset_description.json")
+    if description_file is None:
+        issues.append(make("MISSING_DATASET_DESCRIPTION", "/dataset_description.json"))
+    else:
+        try:
+            description = dict(reader.json(description_file))
+        except LoadError as error:
+            issues.append(make(error.code, description_file.path, error.detail))
+    if not description.get("DatasetType"):
+        description["DatasetType"] = "derivative" if description.get("GeneratedBy") else "raw"
+    dataset_type = description["DatasetType"] if description["DatasetType"] in ("raw", "derivative", "study") else "raw"
+
+    nested_roots: list[Folder] = []
+    for name in ("sourcedata", "code"):
+        tree.folders.pop(name, None)
+    derivatives = tree.folders.pop("derivatives", None)
+    if derivatives is not None:
+        nested_roots = [d for d in derivatives.folders.values() if "dataset_description.json" in d.files]
+
+    subjects: dict = {"sub_dirs": [n for n in tree.folders if n.startswith("sub-")]}
+    participants = tree.files.get("participants.tsv")
+    if participants is not None:
+        try:
+            subjects["participant_id"] = reader.tsv(participants).get("participant_id")
+        except LoadError:
+            pass
+    ds = DatasetContext(tree=tree, reader=reader, schema=prepared.schema, description=description,
+                        subjects=subjects, issues=issues)
+    extension = None
+    if not options.strict_official:
+        from qmrbids.validate import qmri
+
+        extension = qmri.load_extension(options.schema_version or qmri.declared_version(description))
+    nifti: list[FileContext] = []   # kept for the extension's collection rules
+    for ctx in iter_contexts(ds, prepared, tree):
+        if ctx.file.ignored:
+            continue
+        if description["DatasetType"] == "raw" and "derivatives" in ctx.path:
+            continue
+        if ctx.size == 0 and not ctx.directory:
+            issues.append(make("EMPTY_FILE", ctx.path))
+        if not ctx.directory:  # contents load before the name is judged, as upstream does
+            load_context(ctx, prepared, options.read_nifti_headers)
+        check_filename(ctx, prepared, dataset_type)
+        if ctx.directory:
+            continue
+        apply_rules(ctx, prepared)
+        if extension is not None:
+            issues.extend(qmri.apply_file(extension, ctx))
+            if ctx.extension in qmri.NIFTI and ctx.suffix:
+                ctx.release()   # collection rules read only the name and the sidecar
+                nifti.append(ctx)
+    subjects.pop("_by_subject", None)
+    issues.extend(unused_sidecars(ds, prepared, tree))
+
+    qmri_version = None
+    if extension is not None:
+        qmri_version = extension.version
+        issues.extend(qmri.apply_dataset(extension, nifti, derivatives, root))
+
+    report = Report(_label, _dedupe(_apply_config(issues, options)), prepared.bids_version,
+                    prepared.schema_version, qmri_version, index.file_count)
+    if options.recursive:
+        for folder in nested_roots:
+            label = f"{_label}/derivatives/{folder.name}".lstrip("/")
+            nested = validate_dataset(root / "derivatives" / folder.name, options, label)
+            nested.issues = [i._replace(dataset=label) for i in nested.issues]
+            report.nested.extend([nested, *nested.nested])
+            nested.nested = []
+    return report

@@ -1,0 +1,438 @@
+"""The official BIDS rules, evaluated the way the reference validator (bids-validator) does.
+
+Order per file: empty file, filename identification (which ``rules.files`` entry applies),
+filename validation (entities, order, labels, datatype folder, extension, location), then every
+schema rule whose selectors hold (sidecar fields, metadata values, tables, ``rules.checks``).
+Dataset-level: missing dataset_description, sidecars no data file uses.
+"""
+
+from __future__ import annotations
+
+import re
+
+from qmrbids.validate.context import (DatasetContext, FileContext, LoadError, load_associations,
+                                      load_nifti_header, load_sidecar, read_entities)
+from qmrbids.validate.expressions import truthy
+from qmrbids.validate.index import File, Folder
+from qmrbids.validate.issues import Issue, make
+from qmrbids.validate.schema_rules import PreparedSchema
+
+LEVEL = {"recommended": "warning", "required": "error", "optional": "ignore", "prohibited": "ignore"}
+_ADDENDUM = re.compile(r"(required|recommended) if `(\w+)` is `(\w+)`")
+NO_SIDECAR_EXTENSIONS = frozenset({".json", "", ".md", ".txt", ".rst", ".cff"})
+STANDALONE_JSON = frozenset({"dataset_description.json", "genetic_info.json"})
+
+
+def iter_contexts(ds: DatasetContext, prepared: PreparedSchema, folder: Folder):
+    """Files of a folder, then each subfolder (as a directory context) and its content."""
+    for file in folder.files.values():
+        yield FileContext(file, ds)
+    for sub in folder.folders.values():
+        name = sub.name
+        _, suffix, extension, ents = read_entities(name)
+        pseudo = bool(suffix) and bool(ents) and f"{extension}/" in prepared.pseudo_extensions
+        opaque = pseudo or sub.path.rstrip("/") in prepared.opaque_dirs
+        pseudo_file = File(name + "/", sub.path, 0 if not opaque else sum(f.size for f in sub.walk_files()),
+                           folder, ignored=sub.ignored)
+        yield FileContext(pseudo_file, ds, directory=not pseudo)
+        if not opaque:
+            yield from iter_contexts(ds, prepared, sub)
+
+
+# ---------------------------------------------------------------- filename identification
+
+def datatype_from_directory(ctx: FileContext, prepared: PreparedSchema) -> None:
+    parts = ctx.path.split("/")
+    if len(parts) - 2 < 1:
+        return
+    folder = parts[-2]
+    if folder == "phenotype":
+        ctx.datatype = folder
+        return
+    modality = prepared.datatype_modality.get(folder)
+    if modality is not None:
+        ctx.datatype, ctx.modality = folder, modality
+
+
+def find_file_rules(ctx: FileContext, prepared: PreparedSchema, derivative: bool) -> list[str]:
+    found = list(prepared.path_rules.get(ctx.path, ()))
+    stem = ctx.file.name.split(".")[0]
+    for regex, datatypes, rule_id in prepared.stem_rules:
+        if regex.match(stem) and (datatypes is None or ctx.datatype in datatypes):
+            found.append(rule_id)
+    found.extend(prepared.suffix_rules.get(ctx.suffix, ()))
+    if not derivative:
+        found = [r for r in found if r not in prepared.deriv_rule_ids]
+    if len(found) < 2:
+        return found
+    return sorted(set(found), key=prepared.file_rule_order.__getitem__)
+
+
+def find_dir_rules(ctx: FileContext, prepared: PreparedSchema, dataset_type: str) -> list[str]:
+    name = ctx.file.name.replace("/", "")
+    entities = prepared.schema["objects"]["entities"]
+    for key, node in prepared.dir_rules.get(dataset_type, prepared.dir_rules["raw"]):
+        if not isinstance(node, dict):
+            continue
+        rule_id = f"rules.directories.{dataset_type}.{key}"
+        if node.get("name") == name:
+            return [rule_id]
+        if "entity" in node and name.startswith(entities[node["entity"]]["name"] + "-"):
+            return [rule_id]
+        if "value" in node and name in prepared.schema["objects"].get(node["value"] + "s", {}):
+            return [rule_id]
+    return []
+
+
+def _narrow(ctx: FileContext, prepared: PreparedSchema, rules: list[str]) -> list[str]:
+    if len(rules) > 1:
+        by_type = [r for r in rules if ctx.datatype in (prepared.file_rules[r].spec.get("datatypes") or ())]
+        if by_type:
+            rules = by_type
+    if len(rules) > 1:
+        def fits(rule_id):
+            spec = prepared.file_rules[rule_id]
+            ext_ok = not spec.spec.get("extensions") or ctx.extension in spec.spec["extensions"]
+            ent_ok = "entities" not in spec.spec or all(e in spec.entities for e in ctx.entities)
+            return ext_ok and ent_ok
+        fitting = [r for r in rules if fits(r)]
+        if fitting:
+            rules = fitting
+    return rules
+
+
+def _clean(ctx: FileContext, specs: list[dict]) -> None:
+    if all(not s.get("entities") for s in specs):
+        ctx.entities = {}
+    if all(not s.get("extensions") for s in specs):
+        ctx.extension = ""
+    if all(not s.get("suffixes") for s in specs):
+        ctx.suffix = ""
+
+
+def _rule_issues(ctx: FileContext, prepared: PreparedSchema, rule_id: str) -> list[Issue]:
+    rule = prepared.file_rules[rule_id]
+    spec = rule.spec
+    out: list[Issue] = []
+    if "entities" in spec:
+        if ctx.path.count("/") != 1:
+            missing = [e for e in rule.required if e not in ctx.entities]
+            if missing:
+                out.append(make("MISSING_REQUIRED_ENTITY", ctx.path, f"{', '.join(missing)} missing from rule {rule_id}.",
+                                rule_id=rule_id))
+        extra = [e for e in ctx.entities if e not in rule.entities]
+        if extra:
+            out.append(make("ENTITY_NOT_IN_RULE", ctx.path, f"{', '.join(extra)} not allowed by rule {rule_id}.",
+                            key=extra[0], rule_id=rule_id))
+    if ctx.datatype and isinstance(spec.get("datatypes"), list) and ctx.datatype not in spec["datatypes"]:
+        out.append(make("DATATYPE_MISMATCH", ctx.path, f"Expected folder {'/'.join(spec['datatypes'])}/.",
+                        rule_id=rule_id))
+    if isinstance(spec.get("extensions"), list) and ctx.extension not in spec["extensions"]:
+        out.append(make("EXTENSION_MISMATCH", ctx.path, f"Allowed: {', '.join(e or '(none)' for e in spec['extensions'])}.",
+                        rule_id=rule_id))
+    if not ctx.directory:
+        if not ctx.entities.get("tpl"):
+            out.extend(_location(ctx, "sub", "ses"))
+        if not ctx.entities.get("sub"):
+            out.extend(_location(ctx, "tpl", "cohort"))
+    return out
+
+
+def _location(ctx: FileContext, top: str, sub: str) -> list[Issue]:
+    out = []
+    topval, subval = ctx.entities.get(top), ctx.entities.get(sub)
+    if topval:
+        pattern = f"/{top}-{topval}/" + (f"{sub}-{subval}/" if subval else "")
+        if not ctx.path.startswith(pattern):
+            out.append(make("INVALID_LOCATION", ctx.path, f"Expected location {pattern}."))
+    if not topval and ctx.path.startswith(f"/{top}-"):
+        out.append(make("INVALID_LOCATION", ctx.path, f"Expected location /{ctx.file.name}."))
+    if not subval and f"/{sub}-" in ctx.path:
+        out.append(make("INVALID_LOCATION", ctx.path, f"Unexpected {sub}- folder."))
+    return out
+
+
+def check_filename(ctx: FileContext, prepared: PreparedSchema, dataset_type: str) -> list[str]:
+    """Identify the file rule(s) and report naming problems; returns the applicable rule ids."""
+    issues = ctx.ds.issues
+    if ctx.directory:
+        rules = find_dir_rules(ctx, prepared, dataset_type)
+        if not rules:
+            issues.append(make("NOT_INCLUDED", ctx.path))
+        ctx.entities, ctx.extension, ctx.suffix = {}, "", ""
+        return rules
+    datatype_from_directory(ctx, prepared)
+    rules = find_file_rules(ctx, prepared, dataset_type == "derivative")
+    if not rules:
+        if ctx.path != "/.bidsignore":
+            issues.append(make("NOT_INCLUDED", ctx.path))
+    rules = _narrow(ctx, prepared, rules)
+    specs = [prepared.file_rules[r].spec for r in rules]
+    _clean(ctx, specs)
+    if any("suffixes" in s for s in specs):
+        unlabeled = [k for k, v in ctx.entities.items() if v == "NOENTITY"]
+        if unlabeled:
+            issues.append(make("ENTITY_WITH_NO_LABEL", ctx.path, f"Entities without label: {', '.join(unlabeled)}.",
+                               key=unlabeled[0]))
+    for key, label in ctx.entities.items():
+        pattern = prepared.entity_pattern.get(key)
+        if pattern is not None and not pattern.match(label):
+            issues.append(make("INVALID_ENTITY_LABEL", ctx.path, f"{key}-{label} does not match {pattern.pattern}.",
+                               key=key))
+    if len(rules) == 1:
+        issues.extend(_rule_issues(ctx, prepared, rules[0]))
+    elif rules:
+        results = [(r, _rule_issues(ctx, prepared, r)) for r in rules]
+        clean = [r for r, found in results if not found]
+        if clean:
+            rules = clean[:1]
+        else:
+            issues.append(make("ALL_FILENAME_RULES_HAVE_ISSUES", ctx.path,
+                               f"Rules that matched with issues: {', '.join(r for r, _ in results)}."))
+    if ctx.entities:
+        ordered = [k for k in prepared.entity_order if k in ctx.entities]
+        expected = "_".join([f"{k}-{ctx.entities[k]}" for k in ordered] + [ctx.suffix + ctx.extension])
+        if ctx.file.name != expected:
+            issues.append(make("FILENAME_MISMATCH", ctx.path, f"Expected {expected}."))
+    return rules
+
+
+# ---------------------------------------------------------------- schema rules
+
+def _field_level(requirement, ctx: FileContext) -> str:
+    if isinstance(requirement, str):
+        return LEVEL.get(requirement, "ignore")
+    level = LEVEL.get(requirement.get("level", ""), "ignore")
+    addendum = requirement.get("level_addendum")
+    if addendum:
+        m = _ADDENDUM.search(addendum)
+        if m and ctx.sidecar.get(m.group(2)) == m.group(3):
+            level = LEVEL[m.group(1)]
+    return level
+
+
+_MISSING_MESSAGES: dict = {}
+
+
+def _missing_message(name: str, level: str, sidecar: bool) -> str:
+    key = (name, level, sidecar)
+    text = _MISSING_MESSAGES.get(key)
+    if text is None:
+        where = "the sidecar (or one it inherits from)" if sidecar else "this file"
+        text = _MISSING_MESSAGES[key] = f"{name} is {'required' if level == 'error' else 'recommended'}; add it to {where}."
+    return text
+
+
+def _field_plan(rule, prepared: PreparedSchema) -> list:
+    """(schema key, JSON name, level if fixed else None, requirement, custom issue) per field, built once."""
+    plan = prepared.field_plans.get(rule)
+    if plan is None:
+        metadata = prepared.schema["objects"]["metadata"]
+        plan = []
+        for key, requirement in rule.spec["fields"].items():
+            fixed = None if isinstance(requirement, dict) and requirement.get("level_addendum") else \
+                LEVEL.get(requirement if isinstance(requirement, str) else requirement.get("level", ""), "ignore")
+            custom = requirement.get("issue") if isinstance(requirement, dict) else None
+            if not (custom and custom.get("code") and custom.get("message")):
+                custom = None
+            plan.append((key, metadata[key]["name"], fixed, requirement, custom))
+        prepared.field_plans[rule] = plan
+    return plan
+
+
+def eval_fields(rule, ctx: FileContext, prepared: PreparedSchema) -> None:
+    if rule.is_sidecar and ctx.extension in NO_SIDECAR_EXTENSIONS:
+        return
+    data = ctx.sidecar if rule.is_sidecar else ctx.json
+    issues = ctx.ds.issues
+    validated = ctx.ds.validated_keys
+    for key, name, level, requirement, custom in _field_plan(rule, prepared):
+        if name not in data:
+            if level is None:
+                level = _field_level(requirement, ctx)
+            if level == "ignore":
+                continue
+            if custom is not None:
+                issues.append(Issue(custom["code"], level, ctx.path, " ".join(custom["message"].split()),
+                                    key=name, rule_id=rule.rule_id))
+            else:
+                kind = "SIDECAR_KEY" if rule.is_sidecar else "JSON_KEY"
+                issues.append(Issue(f"{kind}_{'REQUIRED' if level == 'error' else 'RECOMMENDED'}", level, ctx.path,
+                                    _missing_message(name, level, rule.is_sidecar), key=name, rule_id=rule.rule_id))
+            continue
+        origin = ctx.sidecar_origin
+        location = (origin if isinstance(origin, str) else origin.get(name, "")) if rule.is_sidecar else ctx.path
+        address = (location, name)
+        if rule.is_sidecar and address in validated:
+            continue
+        for message in prepared.metadata_errors(key, data[name]):
+            issues.append(make("JSON_SCHEMA_VALIDATION_ERROR", location, f"{name}: {message}.", key=name,
+                               rule_id=rule.rule_id))
+        if rule.is_sidecar and location:
+            validated.add(address)
+
+
+def _type_ok(column: dict, value: str, prepared: PreparedSchema) -> bool:
+    if value == "n/a":
+        return True
+    if "anyOf" in column:
+        return any(_type_ok(c, value, prepared) for c in column["anyOf"])
+    if column.get("enum"):
+        return value in column["enum"]
+    if "pattern" in column:
+        return re.fullmatch(column["pattern"], value) is not None
+    formats = prepared.schema["objects"]["formats"]
+    fmt = formats.get(column.get("format") or column.get("type") or "string")
+    return fmt is None or re.fullmatch(fmt["pattern"], value) is not None
+
+
+def _definition_ok(definition: dict, value: str, prepared: PreparedSchema) -> bool:
+    if value == "n/a":
+        return True
+    if isinstance(definition.get("Levels"), dict):
+        return value in definition["Levels"]
+    fmt = definition.get("Format")
+    if fmt:
+        return _type_ok({"format": fmt} if fmt in prepared.schema["objects"]["formats"] else {}, value, prepared)
+    if "Units" in definition:
+        return _type_ok({"type": "number"}, value, prepared)
+    return True
+
+
+def eval_columns(rule, ctx: FileContext, prepared: PreparedSchema) -> None:
+    if not ctx.extension.startswith(".tsv"):
+        return
+    spec = rule.spec
+    objects = prepared.schema["objects"]["columns"]
+    headers = list(ctx.columns)
+    issues = ctx.ds.issues
+    for key, requirement in spec.get("columns", {}).items():
+        column = objects[key]
+        name = column.get("name")
+        if not name:
+            return
+        level = requirement if isinstance(requirement, str) else requirement.get("level")
+        if name not in headers and level == "required":
+            issues.append(make("TSV_COLUMN_MISSING", ctx.path, f"Column {name} is required.", key=name,
+                               rule_id=rule.rule_id))
+        if "definition" in column:
+            check = lambda v, d=column["definition"]: _definition_ok(d, v, prepared)  # noqa: E731
+        else:
+            check = lambda v, c=column: _type_ok(c, v, prepared)  # noqa: E731
+        user = ctx.sidecar.get(name)
+        if isinstance(user, dict) and user and "definition" in column:
+            check = lambda v, d=user: _definition_ok(d, v, prepared)  # noqa: E731
+        if name not in headers:
+            continue
+        for row, value in enumerate(ctx.columns[name], start=2):
+            if not check(value):
+                hint = ", did you mean 'n/a'?" if re.fullmatch(r"\s*(NA|na|nan|NaN|n/a)\s*", value) else ""
+                issues.append(make("TSV_VALUE_INCORRECT_TYPE", ctx.path, f"Column {name}, row {row}: {value!r}{hint}.", key=name, row=row,
+                                   rule_id=rule.rule_id))
+                break
+    additional = spec.get("additional_columns")
+    if spec.get("columns") and additional and additional != "n/a":
+        known = {objects[k]["name"] for k in spec["columns"]}
+        extra = [h for h in headers if h not in known]
+        if additional.startswith("allowed"):
+            extra = [h for h in extra if h not in ctx.sidecar]
+        if additional != "allowed":
+            code = {"not_allowed": "TSV_ADDITIONAL_COLUMNS_NOT_ALLOWED",
+                    "allowed_if_defined": "TSV_ADDITIONAL_COLUMNS_MUST_DEFINE"}.get(additional,
+                                                                                    "TSV_ADDITIONAL_COLUMNS_UNDEFINED")
+        else:
+            code = "TSV_ADDITIONAL_COLUMNS_UNDEFINED"
+        for col in extra:
+            issues.append(make(code, ctx.path, f"Column {col}.", key=col, rule_id=rule.rule_id))
+    if spec.get("columns") and spec.get("initial_columns"):
+        for index, key in enumerate(spec["initial_columns"]):
+            name = objects[key]["name"]
+            if name not in headers:
+                issues.append(make("TSV_COLUMN_MISSING", ctx.path, f"Column {index} must be {name}.", key=name,
+                                   rule_id=rule.rule_id))
+            elif headers.index(name) != index:
+                issues.append(make("TSV_COLUMN_ORDER_INCORRECT", ctx.path,
+                                   f"{name} must be column {index + 1}, found at {headers.index(name) + 1}.",
+                                   key=name, rule_id=rule.rule_id))
+    if spec.get("columns") and spec.get("index_columns"):
+        names = [objects[k]["name"] for k in spec["index_columns"]]
+        for name in names:
+            if name not in headers:
+                issues.append(make("TSV_COLUMN_MISSING", ctx.path, f"Index column {name} is missing.", key=name,
+                                   rule_id=rule.rule_id))
+        seen = set()
+        first = ctx.columns.get(names[0]) or []
+        for i in range(len(first)):
+            value = "".join((ctx.columns.get(n) or [""] * len(first))[i] if n in ctx.columns else "" for n in names)
+            if value in seen:
+                issues.append(make("TSV_INDEX_VALUE_NOT_UNIQUE", ctx.path, f"Row {i + 2}: {value} repeats.",
+                                   row=i + 2, rule_id=rule.rule_id))
+            seen.add(value)
+
+
+def apply_rules(ctx: FileContext, prepared: PreparedSchema) -> None:
+    issues = ctx.ds.issues
+    for rule in prepared.rules.select(ctx, ctx.ds.rule_cache):
+        spec = rule.spec
+        if rule.checks and not all(truthy(c(ctx)) for c in rule.checks):
+            issue = spec.get("issue") or {}
+            if issue.get("code") and issue.get("message"):
+                issues.append(Issue(issue["code"], issue.get("level", "error"), ctx.path,
+                                    " ".join(issue["message"].split()), rule_id=rule.rule_id))
+            else:
+                issues.append(make("CHECK_ERROR", ctx.path, rule_id=rule.rule_id))
+        if "fields" in spec:
+            eval_fields(rule, ctx, prepared)
+        if "columns" in spec:
+            eval_columns(rule, ctx, prepared)
+
+
+def load_context(ctx: FileContext, prepared: PreparedSchema, read_headers: bool) -> None:
+    """Everything the expressions may read: sidecar, JSON content, table columns, associations, header."""
+    ds = ctx.ds
+    load_sidecar(ctx)
+    if ctx.extension == ".json":
+        try:
+            ctx.json = ds.reader.json(ctx.file)
+        except LoadError as error:
+            ds.issues.append(make(error.code, ctx.path, error.detail))
+    elif ctx.extension == ".tsv":
+        try:
+            ctx.columns = ds.reader.tsv(ctx.file)
+        except LoadError as error:
+            ds.issues.append(make(error.code, ctx.path, error.detail))
+    load_associations(ctx, prepared)
+    if read_headers:
+        load_nifti_header(ctx)
+    sub = ctx.entities.get("sub")
+    if sub:
+        ctx.subject = subject_context(ds, sub)
+
+
+def subject_context(ds: DatasetContext, sub: str) -> dict:
+    cache = ds.subjects.setdefault("_by_subject", {})
+    hit = cache.get(sub)
+    if hit is None:
+        folder = ds.tree.folders.get(f"sub-{sub}")
+        sessions: dict = {"ses_dirs": sorted(n for n in (folder.folders if folder else {}) if n.startswith("ses-"))}
+        table = folder.files.get(f"sub-{sub}_sessions.tsv") if folder else None
+        if table is not None:
+            try:
+                sessions["session_id"] = ds.reader.tsv(table).get("session_id")
+            except LoadError:
+                pass
+        hit = cache[sub] = {"sessions": sessions}
+    return hit
+
+
+def unused_sidecars(ds: DatasetContext, prepared: PreparedSchema, folder: Folder) -> list[Issue]:
+    out = []
+    for file in folder.files.values():
+        if not file.ignored and not file.viewed and file.name.endswith(".json") and file.name not in STANDALONE_JSON:
+            out.append(make("SIDECAR_WITHOUT_DATAFILE", file.path))
+    for sub in folder.folders.values():
+        _, suffix, extension, ents = read_entities(sub.name)
+        pseudo = bool(suffix) and bool(ents) and f"{extension}/" in prepared.pseudo_extensions
+        if not sub.ignored and not pseudo and sub.path.rstrip("/") not in prepared.opaque_dirs:
+            out.extend(unused_sidecars(ds, prepared, sub))
+    return out

@@ -1,0 +1,196 @@
+"""The qMRI extension: versioned rules (``schema/<X.Y.Z>/rules``) and rule packs (``validators/``).
+
+Rules use the BIDS schema's selector/check expressions. Three scopes: per file (the default,
+same context as the official rules), per collection (``collection: {varies: [...]}``), and per
+derivative dataset (``scope: derivative``). A ``json_schema`` rule validates one JSON key against a
+JSON Schema file of the extension version (the provenance object).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from qmrbids.resources import data_path
+from qmrbids.validate.context import FileContext, FileReader, LoadError
+from qmrbids.validate.expressions import compile_expression, truthy
+from qmrbids.validate.index import Folder
+from qmrbids.validate.issues import Issue
+from qmrbids.validate.rules import Rule, RuleSet
+
+VERSION_KEY = "QMRIExtensionVersion"
+NIFTI = (".nii", ".nii.gz")
+
+
+class UnknownVersion(Exception):
+    """The requested qMRI extension version is not shipped (usage error)."""
+
+
+@dataclass
+class QRule:
+    rule_id: str
+    code: str
+    level: str
+    message: str
+    scope: str                      # "file", "collection" or "derivative"
+    varies: tuple[str, ...]
+    selectors: list
+    checks: list
+
+
+@dataclass
+class Extension:
+    version: str
+    rules: list[QRule]          # collection and derivative scopes
+    file_rules: RuleSet         # per-file rules, selected like the official ones
+    schemas: dict               # file rule -> (JSON key, JSON Schema validator) for json_schema rules
+
+
+def known_versions() -> list[str]:
+    folder = data_path("schema")
+    found = [p.name for p in folder.iterdir() if (p / "schema.json").is_file()]
+    return sorted(found, key=lambda v: tuple(int(x) if x.isdigit() else 0 for x in v.split(".")))
+
+
+def declared_version(description: dict) -> str | None:
+    value = description.get(VERSION_KEY)
+    return value if isinstance(value, str) else None
+
+
+def _rules_from(path: Path, prefix: str, version_dir: Path, extension: Extension) -> None:
+    for name, spec in (yaml.safe_load(path.read_text()) or {}).items():
+        issue = spec["issue"]
+        rule_id = f"{prefix}.{name}"
+        scope = "collection" if "collection" in spec else spec.get("scope", "file")
+        if scope == "file":
+            rule = Rule.compile(rule_id, spec)
+            extension.file_rules.rules.append(rule)
+            if "json_schema" in spec:
+                target = json.loads((version_dir / spec["json_schema"]["schema"]).read_text())
+                extension.schemas[rule] = (spec["json_schema"]["key"], jsonschema.Draft202012Validator(
+                    target, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER))
+            continue
+        extension.rules.append(QRule(
+            rule_id, issue["code"], issue["level"], " ".join(issue["message"].split()), scope,
+            tuple(spec.get("collection", {}).get("varies", ())),
+            [compile_expression(s) for s in spec.get("selectors", [])],
+            [compile_expression(c) for c in spec.get("checks", [])]))
+
+
+@cache
+def load_extension(version: str | None) -> Extension:
+    """The rules of one extension version (``None``: the newest shipped) plus the rule packs it names."""
+    versions = known_versions()
+    version = version or versions[-1]
+    if version not in versions:
+        raise UnknownVersion(f"unknown qMRI extension version {version!r}; known versions: {', '.join(versions)}")
+    version_dir = data_path("schema", version)
+    meta = json.loads((version_dir / "schema.json").read_text())
+    extension = Extension(version, [], RuleSet([]), {})
+    for rel in meta.get("rules", []):
+        _rules_from(version_dir / rel, f"qmri.{Path(rel).stem}", version_dir, extension)
+    for pack in meta.get("rule_packs", []):
+        _rules_from(data_path("validators", pack), f"validators.{Path(pack).stem}", version_dir, extension)
+    extension.file_rules = RuleSet(extension.file_rules.rules)  # recompute what selectors read
+    return extension
+
+
+class Collection:
+    """``collection`` in a collection rule: member metadata as lists, entity labels as lists."""
+
+    def __init__(self, members: list[FileContext]):
+        self.members = members
+
+    def lookup(self, name: str):
+        if name == "size":
+            return len(self.members)
+        if name == "entities":
+            keys = {k for m in self.members for k in m.entities}
+            return {k: [m.entities[k] for m in self.members if k in m.entities] for k in keys}
+        return [m.sidecar[name] for m in self.members if name in m.sidecar]
+
+
+class _Scope:
+    """Expression context for collection and derivative rules."""
+
+    def __init__(self, values: dict):
+        self.values = values
+
+    def lookup(self, name: str):
+        return self.values.get(name)
+
+    def exists(self, *args) -> int:
+        return 0
+
+
+def _collections(contexts: list[FileContext], varies: tuple[str, ...]) -> dict:
+    groups: dict = {}
+    for ctx in contexts:
+        key = (ctx.file.parent.path, ctx.suffix,
+               tuple(sorted((k, v) for k, v in ctx.entities.items() if k not in varies)))
+        groups.setdefault(key, []).append(ctx)
+    return groups
+
+
+def _issue(rule: QRule, path: str, detail: str = "", key: str = "") -> Issue:
+    return Issue(rule.code, rule.level, path, f"{rule.message} {detail}".strip(), key=key, rule_id=rule.rule_id)
+
+
+def apply_file(extension: Extension, ctx: FileContext) -> list[Issue]:
+    """The extension's per-file rules for one file (called from the main loop)."""
+    out = []
+    for rule in extension.file_rules.select(ctx, ctx.ds.rule_cache):
+        issue = rule.spec["issue"]
+        if rule.checks and not all(truthy(c(ctx)) for c in rule.checks):
+            out.append(Issue(issue["code"], issue["level"], ctx.path, " ".join(issue["message"].split()),
+                             rule_id=rule.rule_id))
+        if rule in extension.schemas:
+            key, validator = extension.schemas[rule]
+            for error in validator.iter_errors(ctx.json.get(key)):
+                where = "/".join(str(p) for p in error.absolute_path) or key
+                out.append(Issue(issue["code"], issue["level"], ctx.path,
+                                 f"{' '.join(issue['message'].split())} ({where}: {error.message})", key=key,
+                                 rule_id=rule.rule_id))
+    return out
+
+
+def apply_dataset(extension: Extension, contexts: list[FileContext], derivatives: Folder | None,
+                  root: Path) -> list[Issue]:
+    """Collection rules over the NIfTI files' contexts, and the rules on derivative datasets."""
+    issues: list[Issue] = []
+    by_suffix: dict[str, list[FileContext]] = {}
+    for ctx in contexts:
+        by_suffix.setdefault(ctx.suffix, []).append(ctx)
+    for rule in extension.rules:
+        if rule.scope == "collection":
+            # Selectors that read only the suffix are decided once per suffix, not per collection.
+            by_name = [s for s in rule.selectors if s.names <= {"suffix"}]
+            members_of = [c for suffix, group in by_suffix.items()
+                          if all(truthy(s(_Scope({"suffix": suffix}))) for s in by_name) for c in group]
+            for (_, suffix, shared), members in _collections(members_of, rule.varies).items():
+                scope = _Scope({"suffix": suffix, "entities": dict(shared), "collection": Collection(members),
+                                "path": members[0].path, "datatype": members[0].datatype})
+                if all(truthy(s(scope)) for s in rule.selectors) and not all(truthy(c(scope)) for c in rule.checks):
+                    names = ", ".join(m.file.name for m in members[:4]) + (" ..." if len(members) > 4 else "")
+                    issues.append(_issue(rule, members[0].path, f"Collection of {len(members)}: {names}."))
+        elif rule.scope == "derivative" and derivatives is not None:
+            reader = FileReader(root)
+            for folder in derivatives.folders.values():
+                if folder.ignored:
+                    continue
+                description = None
+                file = folder.files.get("dataset_description.json")
+                if file is not None:
+                    try:
+                        description = reader.json(file)
+                    except LoadError:
+                        description = None
+                scope = _Scope({"description": description, "path": folder.path})
+                if all(truthy(s(scope)) for s in rule.selectors) and not all(truthy(c(scope)) for c in rule.checks):
+                    issues.append(_issue(rule, folder.path + "dataset_description.json"))
+    return issues

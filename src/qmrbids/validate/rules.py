@@ -1,0 +1,176 @@
+"""Selector/check rules compiled once and selected per file without per-file Python overhead.
+
+A rule's selectors are split three ways when it is compiled:
+
+* static: read only the file's kind (suffix, extension, datatype, modality, entities, the dataset);
+  evaluated once per kind of file;
+* memoisable: read a bounded set of values (``sidecar.IntendedFor``, ``"X" in json``, the NIfTI
+  header, ...); all such selectors of a kind are decided together, once per distinct tuple of
+  those values (VFA files with the same sidecar values share one decision);
+* per file: everything else (``exists()``, the file's own path), evaluated for each file.
+
+Official BIDS rules and the qMRI extension's file rules both go through this.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from qmrbids.validate.expressions import accessors, compile_expression, key_function, truthy
+
+# Names whose value depends only on the kind of file, or is constant within a dataset.
+PER_FILE_NAMES = frozenset({"path", "size", "sidecar", "associations", "columns", "json", "nifti_header",
+                            "subject", "exists()"})
+_PATH_SELECTOR = re.compile(r"""^\s*path\s*==\s*(["'])([^"']*)\1\s*$""")
+_ENTITY_READ = re.compile(r"entities\.(\w+)")
+
+
+@dataclass(eq=False)
+class Rule:
+    """One rule with selectors; ``spec`` is the rule as written (fields, columns, issue, ...)."""
+
+    rule_id: str
+    spec: dict
+    static: list = field(default_factory=list)      # compiled, read only the kind of file
+    memoised: list = field(default_factory=list)    # compiled, decided per tuple of values read
+    per_file: list = field(default_factory=list)    # compiled, evaluated for every file
+    reads: tuple = ()                               # what the memoised selectors read
+    path: str | None = None                         # the rule applies to this one path only
+    is_sidecar: bool = False
+    _checks: list | None = None
+
+    @property
+    def checks(self) -> list:
+        """Compiled checks; compiled on first use (most rules never apply to a given dataset)."""
+        if self._checks is None:
+            self._checks = [compile_expression(c) for c in self.spec.get("checks", [])]
+        return self._checks
+
+    @classmethod
+    def compile(cls, rule_id: str, spec: dict) -> "Rule":
+        rule = cls(rule_id, spec, is_sidecar=rule_id.startswith("rules.sidecars"))
+        reads: set = set()
+        for source in spec.get("selectors", []):
+            literal = _PATH_SELECTOR.match(source)
+            if literal:
+                rule.path = literal.group(2)
+                continue
+            compiled = compile_expression(source)
+            if not (compiled.names & PER_FILE_NAMES):
+                rule.static.append(compiled)
+                continue
+            found = accessors(source)
+            if found is None or any(kind == "whole" and root in ("path", "size") for kind, root, _ in found):
+                rule.per_file.append(compiled)
+            else:
+                rule.memoised.append(compiled)
+                reads.update(found)
+        rule.reads = tuple(sorted(reads, key=repr))
+        return rule
+
+
+@dataclass(eq=False)
+class _Plan:
+    """The rules of one kind of file: those left after static selectors, and how to decide the rest.
+
+    ``memoised`` and ``per_file`` hold (rule, selectors still to evaluate) pairs.
+    """
+
+    unconditional: list
+    memoised: list
+    per_file: list
+    key: object
+    decisions: dict = field(default_factory=dict)
+
+
+class _Unknown(Exception):
+    """A selector needed a per-file value while being decided for a whole kind of file."""
+
+
+def _decide(selectors: list, probe) -> tuple[bool, list]:
+    """(may hold, selectors left): selectors that do not touch per-file values are settled now."""
+    left = []
+    for selector in selectors:
+        try:
+            value = selector(probe)
+        except _Unknown:
+            left.append(selector)
+            continue
+        if not truthy(value):
+            return False, []
+    return True, left
+
+
+class RuleSet:
+    """An ordered list of rules plus the per-dataset caches that make selecting them cheap."""
+
+    MAX_DECISIONS = 20000
+
+    def __init__(self, rules: list[Rule]):
+        self.rules = rules
+        self.entity_values_read = frozenset(
+            name for r in rules for s in r.spec.get("selectors", []) for name in _ENTITY_READ.findall(s))
+
+    def kind(self, ctx) -> tuple:
+        ents = ctx.entities
+        return (ctx.suffix, ctx.extension, ctx.datatype, ctx.modality,
+                tuple((k, v if k in self.entity_values_read else "") for k, v in ents.items()))
+
+    def _plan(self, ctx, cache: dict) -> _Plan:
+        kind = self.kind(ctx)
+        plan = cache.get((self, kind))
+        if plan is None:
+            probe = _KindOnly(ctx)
+            unconditional, memoised, per_file = [], [], []
+            for rule in self.rules:
+                if not all(truthy(s(probe)) for s in rule.static):
+                    continue
+                holds, memo_left = _decide(rule.memoised, probe)
+                holds, file_left = _decide(rule.per_file, probe) if holds else (False, [])
+                if not holds:
+                    continue
+                if file_left:
+                    per_file.append((rule, memo_left + file_left))
+                elif memo_left:
+                    memoised.append((rule, memo_left))
+                else:
+                    unconditional.append(rule)
+            reads = tuple(sorted({a for r, _ in memoised for a in r.reads}, key=repr))
+            plan = _Plan(unconditional, memoised, per_file, key_function(reads))
+            cache[(self, kind)] = plan
+        return plan
+
+    def select(self, ctx, cache: dict) -> list[Rule]:
+        """The rules whose selectors all hold for ``ctx`` (``cache`` lives as long as the dataset)."""
+        plan = self._plan(ctx, cache)
+        chosen = list(plan.unconditional)
+        if plan.memoised:
+            key = plan.key(ctx)
+            decided = plan.decisions.get(key)
+            if decided is None:
+                decided = [r for r, left in plan.memoised if all(truthy(s(ctx)) for s in left)]
+                if len(plan.decisions) < self.MAX_DECISIONS:
+                    plan.decisions[key] = decided
+            chosen.extend(decided)
+        path = ctx.path
+        chosen.extend(r for r, left in plan.per_file
+                      if (r.path is None or r.path == path) and all(truthy(s(ctx)) for s in left))
+        return [r for r in chosen if r.path is None or r.path == path]
+
+
+class _KindOnly:
+    """A file context restricted to what static selectors may read."""
+
+    __slots__ = ("ctx",)
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def lookup(self, name):
+        if name in PER_FILE_NAMES:
+            raise _Unknown(name)
+        return self.ctx.lookup(name)
+
+    def exists(self, *args):
+        raise _Unknown("exists()")

@@ -1,0 +1,147 @@
+"""`qmrbids validate`: exit codes, report formats, options; plus the expression compiler's semantics."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from conftest import SHARED_DATA
+from qmrbids.cli import main
+from qmrbids.validate.expressions import compile_expression
+
+EXAMPLES = SHARED_DATA / "bids-examples"
+needs_examples = pytest.mark.skipif(not EXAMPLES.is_dir(), reason=f"{EXAMPLES} (the BIDS examples) is absent")
+CONFIG = str(EXAMPLES / "default-config.json")
+
+
+@pytest.fixture
+def broken(tmp_path) -> Path:
+    """qmri_vfa with one flip angle removed (a qMRI error) and a stray file (an official error)."""
+    ds = Path(shutil.copytree(EXAMPLES / "qmri_vfa", tmp_path / "ds"))
+    for p in ds.glob("sub-01/anat/sub-01_flip-2_VFA.*"):
+        p.unlink()
+    (ds / "notes.txt").write_text("x\n")
+    return ds
+
+
+@needs_examples
+def test_exit_codes(broken, capsys):
+    clean = str(EXAMPLES / "qmri_vfa")
+    assert main(["validate", clean, "--config", CONFIG, "--ignore-nifti-headers"]) == 0
+    assert main(["validate", clean, "--config", CONFIG, "--fail-on", "warning"]) == 1
+    assert main(["validate", str(broken), "--config", CONFIG]) == 1
+    assert main(["validate", str(broken), "--config", CONFIG, "--ignore", "NOT_INCLUDED",
+                 "--ignore", "QMR_VFA_TOO_FEW_FLIP_ANGLES"]) == 0
+    assert main(["validate", str(broken), "--schema-version", "0.0.9"]) == 2
+    assert "known versions: 0.1.0" in capsys.readouterr().err
+    assert main(["validate", str(broken / "missing")]) == 2
+    assert main(["validate", str(broken), "--config", str(broken / "notes.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("qmrbids: error:") == 2 and "Traceback" not in err
+
+
+@needs_examples
+def test_strict_official_drops_qmri_rules(broken, capsys):
+    assert main(["validate", str(broken), "--config", CONFIG, "--strict-official", "--format", "json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["qmri_schema_version"] is None
+    assert set(report["summary"]["codes"]) >= {"NOT_INCLUDED"}
+    assert not any(code.startswith("QMR_") for code in report["summary"]["codes"])
+
+
+@needs_examples
+def test_json_report(broken, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    assert main(["validate", str(broken), "--config", CONFIG, "--format", "json", "-o", str(out)]) == 1
+    assert capsys.readouterr().out == ""
+    report = json.loads(out.read_text())
+    assert report["format_version"] == 1
+    assert report["tool"] == {"name": "qmrbids", "version": __import__("qmrbids").__version__}
+    assert (report["bids_version"], report["bids_schema_version"], report["qmri_schema_version"]) == ("1.11.2", "2.0.1", "0.1.0")
+    errors = {(i["code"], i["path"]) for i in report["issues"] if i["level"] == "error"}
+    assert errors == {("NOT_INCLUDED", "/notes.txt"),
+                      ("QMR_VFA_TOO_FEW_FLIP_ANGLES", "/sub-01/anat/sub-01_flip-1_VFA.nii.gz")}
+    assert report["summary"]["error"] == 2
+    assert report["summary"]["warning"] == sum(1 for i in report["issues"] if i["level"] == "warning")
+
+
+@needs_examples
+def test_sarif_and_junit(broken, capsys):
+    main(["validate", str(broken), "--config", CONFIG, "--format", "sarif"])
+    sarif = json.loads(capsys.readouterr().out)
+    assert sarif["version"] == "2.1.0"
+    run = sarif["runs"][0]
+    assert run["tool"]["driver"]["name"] == "qmrbids"
+    rules = [r["id"] for r in run["tool"]["driver"]["rules"]]
+    errors = [r for r in run["results"] if r["level"] == "error"]
+    assert {(r["ruleId"], r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]) for r in errors} == {
+        ("NOT_INCLUDED", "notes.txt"), ("QMR_VFA_TOO_FEW_FLIP_ANGLES", "sub-01/anat/sub-01_flip-1_VFA.nii.gz")}
+    assert all(rules[r["ruleIndex"]] == r["ruleId"] for r in run["results"])
+    main(["validate", str(broken), "--config", CONFIG, "--format", "junit"])
+    suites = ET.fromstring(capsys.readouterr().out)
+    suite = suites.find("testsuite")
+    failed = {case.get("name") for case in suite.iter("testcase") if case.find("failure") is not None}
+    assert failed == {"/notes.txt", "/sub-01/anat/sub-01_flip-1_VFA.nii.gz"}
+    assert suite.get("failures") == "2"
+
+
+@needs_examples
+def test_text_report_groups_by_code(broken, capsys):
+    main(["validate", str(broken), "--config", CONFIG])
+    text = capsys.readouterr().out
+    assert "ERROR NOT_INCLUDED (1 file)" in text and "    /notes.txt" in text
+    assert "\033[" not in text  # no colour when not on a terminal
+    assert re.search(r"qMRI extension 0.1.0; \d+ files: 2 errors, \d+ warnings$", text.rstrip().splitlines()[-1])
+
+
+@needs_examples
+def test_recursive_reports_derivatives_separately(tmp_path, capsys):
+    ds = Path(shutil.copytree(EXAMPLES / "qmri_vfa", tmp_path / "ds"))
+    (ds / "derivatives" / "qMRLab" / "sub-01" / "anat" / "stray.txt").write_text("x")
+    main(["validate", str(ds), "--config", CONFIG, "--format", "json", "--recursive", "--strict-official"])
+    report = json.loads(capsys.readouterr().out)
+    assert [d["dataset"] for d in report["datasets"]] == ["", "derivatives/qMRLab"]
+    # The example's derivative really lacks required map metadata (bids-validator-deno -r agrees).
+    official = {(code, f"/sub-01/{folder}/sub-01_{suffix}.{ext}")
+                for code, ext in (("JSON_SCHEMA_VALIDATION_ERROR", "json"), ("SIDECAR_KEY_REQUIRED", "nii.gz"))
+                for folder, suffix in (("anat", "M0map"), ("anat", "T1map"), ("fmap", "TB1map"))}
+    assert {(i["code"], i["path"]) for i in report["issues"] if i["level"] == "error"} == {
+        *official, ("NOT_INCLUDED", "/sub-01/anat/stray.txt")}
+    assert {i["dataset"] for i in report["issues"] if i["level"] == "error"} == {"derivatives/qMRLab"}
+
+
+class _Ctx:
+    def __init__(self, **values):
+        self.values = values
+
+    def lookup(self, name):
+        return self.values.get(name)
+
+    def exists(self, paths, rule="dataset"):
+        return len(paths) if isinstance(paths, list) else 1
+
+
+@pytest.mark.parametrize("source, context, expected", [
+    ('suffix == "VFA"', {"suffix": "VFA"}, True),
+    ("sidecar.EchoTime < 1", {"sidecar": {"EchoTime": 0.01}}, True),
+    ("sidecar.EchoTime < 1", {"sidecar": {}}, False),              # undefined < 1 is false in JavaScript
+    ("sidecar.X.Y == 1", {"sidecar": {}}, None),                    # property of undefined throws -> null
+    ("sidecar.TR == 2", {"sidecar": {"TR": "2"}}, True),            # loose ==
+    ("!sidecar.List", {"sidecar": {"List": []}}, False),            # [] is truthy
+    ('"flip" in entities', {"entities": {"flip": "1"}}, True),
+    ("length(unique(collection)) >= 2", {"collection": [3, 3]}, False),
+    ('intersects([suffix], ["T1map", "T2map"])', {"suffix": "T2map"}, ["T2map"]),
+    ('match(extension, "^\\.nii(\\.gz)?$")', {"extension": ".nii.gz"}, True),
+    ('match(extension, "^\\.nii(\\.gz)?$")', {"extension": ".nii.bz2"}, False),
+    ("sorted(intersects(a, b))", {"a": None, "b": ["x"]}, None),    # sorted(false) throws
+    ("exists(sidecar.IntendedFor, 'subject') + 1 == 3", {"sidecar": {"IntendedFor": ["a", "b"]}}, True),
+    ('type(sidecar.EchoTime) == "array"', {"sidecar": {"EchoTime": [0.01, 0.02]}}, True),
+    ("nifti_header.dim[0] < 4 || x", {"nifti_header": {"dim": [3, 64]}}, True),
+])
+def test_expression_semantics(source, context, expected):
+    assert compile_expression(source)(_Ctx(**context)) == expected
