@@ -1,0 +1,54 @@
+"""Variable flip angle T1 (DESPOT1), linear form, with the flip angles corrected by B1."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qmrbids.fit.base import FitError, Model, as_angles, b1_input, r_squared
+
+
+class VFAModel(Model):
+    """DESPOT1: S/sin(a) = E1 S/tan(a) + M0 (1 - E1), a = B1 x nominal angle, E1 = exp(-TR/T1).
+
+    Inputs: a VFA collection with >= 2 distinct flip angles (spoiled gradient echo, one TR).
+    Ordinary least squares of that line per voxel, in closed form (Deoni et al. MRM
+    2003;49:515). Exact for the spoiled steady state; documented range T1 in [TR, 1000 TR] and
+    B1 x angles below 90 degrees. M0 absorbs exp(-TE/T2*) and the receive gain.
+    """
+
+    name = "vfa"
+    suffix = "VFA"
+    outputs = {"T1map": "s", "M0map": "arbitrary"}
+    goodness = "Rsquared"
+    reference = "Deoni SCL, Rutt BK, Peters TM. MRM 2003;49:515-526 (DESPOT1)"
+    algorithm = "linear least squares of S/sin(a) against S/tan(a), flip angles scaled by B1"
+
+    def __init__(self, flip_angles_deg, repetition_time_s: float, b1=None):
+        self.angles = as_angles(flip_angles_deg)
+        if np.unique(self.angles).size < 2:
+            raise FitError("VFA needs at least two distinct flip angles")
+        if not repetition_time_s > 0:
+            raise FitError(f"RepetitionTime must be positive, not {repetition_time_s}")
+        self.tr = float(repetition_time_s)
+        self.b1 = b1
+
+    def parameters(self) -> dict:
+        return {"FlipAngle": np.rad2deg(self.angles).tolist(), "RepetitionTimeExcitation": self.tr}
+
+    def voxel_inputs(self):
+        return b1_input(self.b1)
+
+    def fit_voxels(self, signals, b1=1.0):
+        angles = self.angles * np.reshape(b1, (-1, 1))
+        x = signals / np.tan(angles)
+        y = signals / np.sin(angles)
+        mx, my = x.mean(axis=1), y.mean(axis=1)
+        dx, dy = x - mx[:, None], y - my[:, None]
+        sxx = (dx * dx).sum(axis=1)
+        slope = (dx * dy).sum(axis=1) / sxx
+        intercept = my - slope * mx
+        t1 = -self.tr / np.log(slope)
+        m0 = intercept / (1.0 - slope)
+        e1 = slope[:, None]
+        fitted = m0[:, None] * np.sin(angles) * (1.0 - e1) / (1.0 - np.cos(angles) * e1)
+        return {"T1map": t1, "M0map": m0, "Rsquared": r_squared(signals, ((signals - fitted) ** 2).sum(axis=1))}
