@@ -111,6 +111,11 @@ def as_angles(flip_angles_deg) -> np.ndarray:
     return np.deg2rad(angles)
 
 
+def degrees(angles_rad: np.ndarray) -> list[float]:
+    """Flip angles in degrees for sidecars, free of radian round-trip noise."""
+    return np.round(np.rad2deg(angles_rad), 9).tolist()
+
+
 def b1_input(b1) -> dict[str, np.ndarray | float]:
     """The ``b1`` voxel input (relative transmit field, 1 = nominal); 1 everywhere when absent."""
     return {"b1": 1.0 if b1 is None else b1}

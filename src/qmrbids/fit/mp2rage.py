@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qmrbids.fit.base import FitError, Model, as_angles, b1_input
+from qmrbids.fit.base import FitError, Model, as_angles, degrees, b1_input
 from qmrbids.phantom import signals as equations
 
 #: T1 grid of the lookup tables (s).
@@ -45,7 +45,7 @@ class MP2RAGEModel(Model):
         self.timing = dict(
             tr_prep=float(repetition_time_preparation_s), tr_exc=float(repetition_time_excitation_s),
             n_shots=int(number_shots), inversion_times=[float(t) for t in inversion_times_s],
-            flip_degs=np.rad2deg(as_angles(flip_angles_deg)).tolist(), efficiency=float(inversion_efficiency),
+            flip_degs=degrees(as_angles(flip_angles_deg)), efficiency=float(inversion_efficiency),
         )
         if len(self.timing["inversion_times"]) != 2 or len(self.timing["flip_degs"]) != 2:
             raise FitError("MP2RAGE needs two inversion times and two flip angles")

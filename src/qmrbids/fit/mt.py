@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qmrbids.fit.base import FitError, Model, as_angles, b1_input
+from qmrbids.fit.base import FitError, Model, as_angles, degrees, b1_input
 
 
 class MTsatModel(Model):
@@ -39,7 +39,7 @@ class MTsatModel(Model):
         self.b1 = b1
 
     def parameters(self) -> dict:
-        return {"FlipAngle": np.rad2deg(self.angles).tolist(), "RepetitionTimeExcitation": self.tr.tolist()}
+        return {"FlipAngle": degrees(self.angles), "RepetitionTimeExcitation": self.tr.tolist()}
 
     def voxel_inputs(self):
         return b1_input(self.b1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qmrbids.fit.base import FitError, Model, as_angles
+from qmrbids.fit.base import FitError, Model, as_angles, degrees
 
 
 class TB1DAMModel(Model):
@@ -30,7 +30,7 @@ class TB1DAMModel(Model):
         self.alpha = float(angles.min())
 
     def parameters(self) -> dict:
-        return {"FlipAngle": [np.rad2deg(self.alpha), np.rad2deg(2 * self.alpha)]}
+        return {"FlipAngle": degrees(np.array([self.alpha, 2 * self.alpha]))}
 
     def fit_voxels(self, signals):
         s1, s2 = signals[:, self.order[0]], signals[:, self.order[1]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qmrbids.fit.base import FitError, Model, as_angles, b1_input, r_squared
+from qmrbids.fit.base import FitError, Model, as_angles, degrees, b1_input, r_squared
 
 
 class VFAModel(Model):
@@ -33,7 +33,7 @@ class VFAModel(Model):
         self.b1 = b1
 
     def parameters(self) -> dict:
-        return {"FlipAngle": np.rad2deg(self.angles).tolist(), "RepetitionTimeExcitation": self.tr}
+        return {"FlipAngle": degrees(self.angles), "RepetitionTimeExcitation": self.tr}
 
     def voxel_inputs(self):
         return b1_input(self.b1)

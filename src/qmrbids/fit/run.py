@@ -1,0 +1,534 @@
+"""Fit every qMRI collection of a BIDS dataset and write the maps as a BIDS derivative dataset.
+
+Steps: find collections with pybids (metadata through the inheritance principle), check that
+every one is fit-ready and report everything missing at once, fit B1 maps first and the other
+models after (so they can use them), write each map with a provenance sidecar. Each collection
+is one task for the executor (serial, local processes or Dask). A map is written through a
+staging folder and renamed into place, image before sidecar; the sidecar records a fingerprint of
+the inputs and options, so a re-run skips maps that are up to date.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from qmrbids import __version__
+from qmrbids.fit import MODELS
+from qmrbids.fit.base import FitError, Model
+from qmrbids.io import atomic_write_text, staging_dir
+from qmrbids.parallel import map_unordered
+from qmrbids.schema.bids import bids_version, entity_order
+
+CODE_URL = "https://github.com/qmrbids/qmrbids"
+PIPELINE = "qmrbids"
+#: Entities that tell the images of one collection apart (pybids names); the rest identify it.
+VARYING = ("flip", "inv", "echo", "mt", "part")
+#: Acquisition fields copied into map sidecars: one value when constant, an array when varying.
+ACQUISITION_FIELDS = (
+    "MagneticFieldStrength", "Manufacturer", "ManufacturersModelName", "MRAcquisitionType", "ScanningSequence",
+    "SequenceVariant", "PulseSequenceType", "EchoTime", "RepetitionTime", "RepetitionTimeExcitation",
+    "RepetitionTimePreparation", "InversionTime", "FlipAngle", "MTState", "NumberShots", "SliceThickness",
+    "PixelBandwidth",
+)
+
+
+@dataclass
+class Collection:
+    """The inputs of one model fit: ordered images with their (inherited) metadata."""
+
+    model: str
+    subject: str
+    session: str | None
+    entities: dict  # identifying entities (pybids names), without the varying ones
+    label: str  # e.g. "sub-01 VFA"
+    images: list[Path]
+    metadata: list[dict]
+    names: list[str]  # how each image is named in messages ("flip-2")
+    extra_sources: list[Path] = field(default_factory=list)  # sidecars / bval files read
+    bvalues: list[float] | None = None
+
+    def key(self) -> tuple:
+        return (self.subject, self.session)
+
+
+@dataclass
+class FitTask:
+    """Everything a worker needs to fit one collection and write its maps (picklable)."""
+
+    collection: Collection
+    dataset: Path
+    output: Path
+    mask: str
+    b1_map: Path | None
+    overwrite: bool
+
+
+@dataclass
+class CollectionResult:
+    label: str
+    model: str
+    status: str  # fitted | up-to-date | failed
+    outputs: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class FitReport:
+    output: Path
+    results: list[CollectionResult]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(r.status == "failed" for r in self.results) else 0
+
+    def to_dict(self) -> dict:
+        return {"output": str(self.output),
+                "collections": [{"label": r.label, "model": r.model, "status": r.status, "seconds": round(r.seconds, 3),
+                                 "outputs": [str(p) for p in r.outputs], "error": r.error} for r in self.results]}
+
+
+# ---- finding collections ----
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
+def _groups(layout, suffix: str, filters: dict, *, datatype=None) -> dict[tuple, list]:
+    files = layout.get(suffix=suffix, extension=[".nii", ".nii.gz"], **filters,
+                       **({"datatype": datatype} if datatype else {}))
+    groups: dict[tuple, list] = {}
+    for f in files:
+        ent = f.get_entities()
+        if ent.get("part") == "phase":
+            continue
+        ident = tuple(sorted((k, str(v)) for k, v in ent.items() if k not in VARYING + ("extension",)))
+        groups.setdefault(ident, []).append(f)
+    return groups
+
+
+def _label(ident: dict, suffix: str) -> str:
+    parts = [f"sub-{ident['subject']}"] + ([f"ses-{ident['session']}"] if ident.get("session") else [])
+    extra = [f"{k}-{v}" for k, v in ident.items() if k in ("acquisition", "run")]
+    return " ".join(parts + extra + [suffix])
+
+
+def _varying_name(entities: dict) -> str:
+    keys = {"flip": "flip", "inv": "inv", "echo": "echo", "mt": "mt"}
+    name = "_".join(f"{keys[k]}-{entities[k]}" for k in keys if k in entities)
+    return name or Path(str(entities.get("suffix", ""))).name
+
+
+def _sort_key(f) -> tuple:
+    e = f.get_entities()
+    return tuple(int(e[k]) if str(e.get(k, "")).isdigit() else 0 for k in ("flip", "inv", "echo"))
+
+
+def _collection(model: str, suffix: str, files: list, **extra) -> Collection:
+    files = sorted(files, key=_sort_key)
+    ident = {k: v for k, v in files[0].get_entities().items()
+             if k not in VARYING + ("extension", "suffix", "datatype")}
+    return Collection(model=model, subject=str(ident["subject"]), session=ident.get("session"), entities=ident,
+                      label=_label(ident, suffix), images=[Path(f.path) for f in files],
+                      metadata=[f.get_metadata() for f in files],
+                      names=[_varying_name(f.get_entities()) for f in files], **extra)
+
+
+def find_collections(dataset: Path, models=None, subjects=None, sessions=None) -> list[Collection]:
+    """Every collection of the dataset that one of ``models`` (default all) can fit."""
+    from bids import BIDSLayout
+
+    layout = BIDSLayout(str(dataset), validate=False, derivatives=False)
+    filters = {}
+    if subjects:
+        filters["subject"] = list(subjects)
+    if sessions:
+        filters["session"] = list(sessions)
+    wanted = list(MODELS) if not models else list(models)
+    out: list[Collection] = []
+    simple = {"tb1dam": "TB1DAM", "vfa": "VFA", "irt1": "IRT1", "mese": "MESE", "megre": "MEGRE", "mtsat": "MTS"}
+    for name in wanted:
+        if name in simple:
+            for files in _groups(layout, simple[name], filters).values():
+                out.append(_collection(name, simple[name], files))
+        elif name == "mtr":
+            for files in _groups(layout, "MTR", filters).values():
+                out.append(_collection(name, "MTR", files))
+            for files in _groups(layout, "MTS", filters).values():  # the MT-off/on pair at one flip angle
+                on = [f for f in files if f.get_entities().get("mt") == "on"]
+                pair = [f for f in files if on and f.get_entities().get("flip") == on[0].get_entities().get("flip")]
+                if len(pair) == 2:
+                    out.append(_collection(name, "MTS", pair))
+        elif name == "mp2rage":
+            for files in _groups(layout, "UNIT1", filters).values():
+                c = _collection(name, "UNIT1", files)
+                inversions = layout.get(suffix="MP2RAGE", extension=[".nii", ".nii.gz"],
+                                        **{k: v for k, v in c.entities.items()})
+                inversions = sorted((f for f in inversions if f.get_entities().get("part") != "phase"), key=_sort_key)
+                c.metadata = [f.get_metadata() for f in inversions] or c.metadata
+                c.names = [_varying_name(f.get_entities()) for f in inversions] or c.names
+                c.extra_sources = [Path(f.path) for f in inversions]
+                out.append(c)
+        elif name == "dwi":
+            for files in _groups(layout, "dwi", filters, datatype="dwi").values():
+                for f in files:
+                    c = _collection(name, "dwi", [f])
+                    bval = layout.get_bval(f.path)
+                    c.extra_sources = [Path(bval)] if bval else []
+                    c.bvalues = [float(b) for b in Path(bval).read_text().split()] if bval else None
+                    out.append(c)
+    return out
+
+
+# ---- fit-readiness ----
+
+def _required(model: str) -> tuple[str, ...]:
+    return {
+        "tb1dam": ("FlipAngle",), "vfa": ("FlipAngle", "RepetitionTimeExcitation"), "irt1": ("InversionTime",),
+        "mese": ("EchoTime",), "megre": ("EchoTime",), "mtsat": ("FlipAngle", "RepetitionTimeExcitation"),
+        "mtr": (), "dwi": (),
+        "mp2rage": ("InversionTime", "FlipAngle", "RepetitionTimeExcitation", "RepetitionTimePreparation",
+                    "NumberShots"),
+    }[model]
+
+
+def readiness_problems(collection: Collection) -> list[str]:
+    """What keeps ``collection`` from being fitted, one message per missing item."""
+    problems = []
+    for name, meta in zip(collection.names, collection.metadata, strict=True):
+        for key in _required(collection.model):
+            if key not in meta:
+                problems.append(f"{collection.label}: {key} missing in {name}")
+    if collection.model == "mp2rage" and len(collection.extra_sources) != 2:
+        problems.append(f"{collection.label}: needs the two MP2RAGE inversion sidecars (inv-1, inv-2) for its timing")
+    if collection.model == "dwi" and (not collection.bvalues or len(set(collection.bvalues)) < 2):
+        problems.append(f"{collection.label}: needs a .bval file with at least two distinct b-values")
+    if not problems:
+        try:
+            build_model(collection)
+        except FitError as error:
+            problems.append(f"{collection.label}: {error}")
+    return problems
+
+
+# ---- models from metadata ----
+
+def _metadata(collection: Collection, key: str) -> list:
+    return [meta[key] for meta in collection.metadata]
+
+
+def build_model(collection: Collection, b1=None) -> Model:
+    """The model instance for ``collection``, its acquisition read from the sidecars."""
+    m = collection.model
+    cls = MODELS[m]
+    if m == "vfa":
+        tr = set(_metadata(collection, "RepetitionTimeExcitation"))
+        if len(tr) != 1:
+            raise FitError(f"VFA needs one RepetitionTimeExcitation, not {sorted(tr)}")
+        return cls(_metadata(collection, "FlipAngle"), tr.pop(), b1=b1)
+    if m == "tb1dam":
+        return cls(_metadata(collection, "FlipAngle"))
+    if m == "irt1":
+        return cls(_metadata(collection, "InversionTime"))
+    if m in ("mese", "megre"):
+        return cls(_metadata(collection, "EchoTime"))
+    if m == "dwi":
+        return cls(collection.bvalues)
+    if m == "mtr":
+        return cls()
+    if m == "mtsat":
+        flips, trs, mts = _mtsat_order(collection)
+        return cls(flips, trs, b1=b1)
+    if m == "mp2rage":
+        meta = collection.metadata
+        first = meta[0]
+        return cls(inversion_times_s=[x["InversionTime"] for x in meta], flip_angles_deg=[x["FlipAngle"] for x in meta],
+                   repetition_time_excitation_s=first["RepetitionTimeExcitation"],
+                   repetition_time_preparation_s=first["RepetitionTimePreparation"], number_shots=first["NumberShots"],
+                   inversion_efficiency=first.get("InversionEfficiency", 0.96), b1=b1)
+    raise FitError(f"unknown model {m}")
+
+
+def _mt_on(meta: dict, name: str) -> bool:
+    if "MTState" in meta:
+        return bool(meta["MTState"])
+    return "mt-on" in name
+
+
+def _mtsat_order(collection: Collection):
+    """Indices of PDw, MTw, T1w in the collection, and their flip angles and TRs in that order."""
+    items = list(zip(collection.names, collection.metadata, strict=True))
+    on = [i for i, (n, meta) in enumerate(items) if _mt_on(meta, n)]
+    off = [i for i, (n, meta) in enumerate(items) if not _mt_on(meta, n)]
+    if len(on) != 1 or len(off) != 2:
+        raise FitError("MTsat needs one MT-on and two MT-off images")
+    mt_flip = items[on[0]][1]["FlipAngle"]
+    pd = min(off, key=lambda i: abs(items[i][1]["FlipAngle"] - mt_flip))
+    t1 = next(i for i in off if i != pd)
+    order = [pd, on[0], t1]
+    return ([items[i][1]["FlipAngle"] for i in order], [items[i][1]["RepetitionTimeExcitation"] for i in order], order)
+
+
+def _data_order(collection: Collection) -> list[int]:
+    if collection.model == "mtsat":
+        return _mtsat_order(collection)[2]
+    if collection.model == "mtr":
+        return sorted(range(len(collection.names)), key=lambda i: _mt_on(collection.metadata[i], collection.names[i]))
+    return list(range(len(collection.images)))
+
+
+# ---- masks, B1, fingerprints ----
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold (IEEE SMC 1979) of ``values``: maximal between-class variance."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = w0 * w1 * (m0 / w0 - (m0[-1] - m0) / w1) ** 2
+    return float(centres[np.nanargmax(between)])
+
+
+def make_mask(data: np.ndarray, how: str) -> tuple[np.ndarray | None, str]:
+    """(mask, description) for ``--mask auto|none|PATH``."""
+    if how == "none":
+        return None, "none: every voxel fitted"
+    if how == "auto":
+        mean = np.abs(data).mean(axis=-1)
+        return mean > otsu_threshold(mean), "auto: Otsu threshold of the mean image"
+    mask = np.asarray(nib.load(how).dataobj) > 0
+    if mask.shape != data.shape[:-1]:
+        raise FitError(f"{how}: mask shape {mask.shape} does not match the data's {data.shape[:-1]}")
+    return mask, f"file: {Path(how).name}"
+
+
+def _fingerprint(task: FitTask, model: Model) -> str:
+    c = task.collection
+    paths = sorted({*c.images, *c.extra_sources, *([task.b1_map] if task.b1_map else [])})
+    digest = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        digest.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode())
+    digest.update(json.dumps({"model": c.model, "params": model.parameters(), "mask": task.mask,
+                              "version": __version__}, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _uri(path: Path, dataset: Path) -> str:
+    return f"bids:raw:{path.relative_to(dataset).as_posix()}"
+
+
+def _stem(collection: Collection, desc: str | None = None) -> str:
+    """The identifying entities of ``collection`` (plus desc) in the schema's order."""
+    keys = dict(entity_order())
+    ent = dict(collection.entities, **({"description": desc} if desc else {}))
+    return "_".join(f"{keys[name]}-{ent[name]}" for name, _ in entity_order() if name in ent)
+
+
+def output_paths(collection: Collection, model: Model, output: Path) -> dict[str, Path]:
+    """Where each map of ``collection`` goes, by map name."""
+    sub = output / f"sub-{collection.subject}"
+    if collection.session:
+        sub = sub / f"ses-{collection.session}"
+    if model.name == "dwi":  # BEP016 names: BIDS 1.x has no diffusion-model suffix yet (see .bidsignore)
+        folder = sub / "dwi"
+        names = {k: f"{_stem(collection)}_model-ADC_param-{k}_dwimap.nii.gz" for k in model.map_names}
+    else:
+        folder = sub / ("fmap" if model.name == "tb1dam" else "anat")
+        names = {k: f"{_stem(collection, model.name)}_{k}.nii.gz" for k in model.outputs}
+        if model.goodness:  # R^2 of the fit, named after the map it qualifies
+            first = next(iter(model.outputs))
+            names[model.goodness] = f"{_stem(collection, model.name + model.goodness)}_{first}.nii.gz"
+    return {k: folder / v for k, v in names.items()}
+
+
+def _acquisition(collection: Collection) -> dict:
+    """Constant acquisition fields as BIDS keys; varying ones, in input order, under one object.
+
+    Varying values cannot sit under their own BIDS key when the schema makes that key a scalar
+    (InversionTime, MTState), so they all go to ``VaryingAcquisitionParameters``.
+    """
+    out, varying = {}, {}
+    for key in ACQUISITION_FIELDS:
+        values = [meta.get(key) for meta in collection.metadata]
+        if all(v is None for v in values):
+            continue
+        if len({json.dumps(v) for v in values}) == 1:
+            out[key] = values[0]
+        else:
+            varying[key] = values
+    if varying:
+        out["VaryingAcquisitionParameters"] = varying
+    return out
+
+
+def _load(collection: Collection) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """The collection's images stacked on a last axis (float32), in the model's order."""
+    images = [nib.load(str(collection.images[i])) for i in _data_order(collection)]
+    first = images[0]
+    volumes = []
+    for path, img in zip(collection.images, images, strict=True):
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        if data.ndim == 4:
+            volumes.extend(np.moveaxis(data, -1, 0))
+        elif data.shape == first.shape[:3]:
+            volumes.append(data)
+        else:
+            raise FitError(f"{path.name}: shape {data.shape} differs from {collection.images[0].name}'s")
+    data = np.stack(volumes, axis=-1)
+    if collection.model == "mp2rage" and np.nanmax(data) > 1.0:  # integer UNI: 0..4095 is -0.5..0.5
+        data = data / np.float32(4095.0) - np.float32(0.5)
+    return data, first
+
+
+def fit_collection(task: FitTask) -> CollectionResult:
+    """Fit one collection and write its maps; failures become a failed result, never an exception."""
+    c = task.collection
+    start = time.perf_counter()
+    try:
+        b1 = None
+        if task.b1_map is not None:
+            b1 = np.asarray(nib.load(str(task.b1_map)).dataobj, dtype=np.float64) / 100.0
+        model = build_model(c, b1=b1)
+        targets = output_paths(c, model, task.output)
+        fingerprint = _fingerprint(task, model)
+        if not task.overwrite and all(_up_to_date(p, fingerprint) for p in targets.values()):
+            return CollectionResult(c.label, c.model, "up-to-date", list(targets.values()))
+        data, reference = _load(c)
+        if b1 is not None and b1.shape != data.shape[:3]:
+            raise FitError(f"B1 map {task.b1_map.name} has shape {b1.shape}, the data {data.shape[:3]}")
+        mask, mask_note = make_mask(data, task.mask)
+        fit_start = time.perf_counter()
+        fit = model.fit(data, mask)
+        fit_seconds = time.perf_counter() - fit_start
+        _write(task, model, fit, targets, reference, fingerprint, mask_note, fit_seconds)
+        return CollectionResult(c.label, c.model, "fitted", list(targets.values()), time.perf_counter() - start)
+    except (FitError, OSError, ValueError) as error:
+        return CollectionResult(c.label, c.model, "failed", seconds=time.perf_counter() - start,
+                                error=f"{c.label}: {error}")
+
+
+def _up_to_date(image: Path, fingerprint: str) -> bool:
+    sidecar = image.with_name(image.name.replace(".nii.gz", ".json"))
+    try:
+        return image.exists() and json.loads(sidecar.read_text()).get("QmrbidsFingerprint") == fingerprint
+    except (OSError, ValueError):
+        return False
+
+
+def _write(task, model, fit, targets, reference, fingerprint, mask_note, seconds) -> None:
+    c = task.collection
+    sources = [_uri(p, task.dataset) for p in [*c.images, *c.extra_sources]]
+    if task.b1_map is not None:
+        sources.append(f"bids::{task.b1_map.relative_to(task.output).as_posix()}")
+    common = {
+        "Sources": sources,
+        "EstimationReference": model.reference,
+        "EstimationAlgorithm": model.algorithm,
+        "ModelParameters": model.parameters(),
+        **_acquisition(c),
+        "SkullStripped": False,
+        "MaskMethod": mask_note,
+        "B1Correction": "TB1map" if task.b1_map is not None else ("none" if "b1" in model.voxel_inputs() else "not applicable"),
+        "FitDurationSeconds": round(seconds, 4),
+        "QmrbidsVersion": __version__,
+        "QmrbidsFingerprint": fingerprint,
+    }
+    units = {**model.outputs, **({model.goodness: "arbitrary"} if model.goodness else {})}
+    header = reference.header.copy()
+    header.set_data_dtype(np.float32)
+    header.set_xyzt_units("mm", "sec")
+    folder = next(iter(targets.values())).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with staging_dir(folder, "fit") as stage:
+        for name, target in targets.items():
+            img = nib.Nifti1Image(fit.maps[name], reference.affine, header)
+            img.header.set_slope_inter(1.0, 0.0)
+            staged = stage / target.name
+            nib.save(img, str(staged))
+            os.replace(staged, target)
+            description = (f"Coefficient of determination R^2 of the {model.name} fit" if name == model.goodness
+                           else f"{name} estimated by the qmrbids {model.name} model")
+            sidecar = {"Description": description, "Units": units[name], **common}
+            atomic_write_text(target.with_name(target.name.replace(".nii.gz", ".json")),
+                              json.dumps(sidecar, indent=2) + "\n")
+
+
+def write_dataset_description(output: Path, dataset: Path) -> None:
+    raw = os.path.relpath(dataset, output)
+    description = {
+        "Name": "qmrbids quantitative maps",
+        "BIDSVersion": bids_version(),
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": PIPELINE, "Version": __version__, "CodeURL": CODE_URL}],
+        "SourceDatasets": [{"URL": f"file:{raw}" if not raw.startswith(("/", ".")) else raw}],
+        "DatasetLinks": {"raw": raw},
+    }
+    atomic_write_text(output / "dataset_description.json", json.dumps(description, indent=2) + "\n")
+    atomic_write_text(output / ".bidsignore", "# diffusion model maps named as in BEP016 (no BIDS 1.x suffix yet)\n"
+                                              "*_dwimap.nii.gz\n*_dwimap.json\n")
+    readme = output / "README.md"
+    if not readme.exists():
+        atomic_write_text(readme, "Quantitative MRI maps fitted by qmrbids (`qmrbids fit`); each map's sidecar "
+                                  "lists its sources, model and acquisition parameters.\n")
+
+
+# ---- the whole run ----
+
+def run_fit(dataset: Path, *, models=None, subjects=None, sessions=None, jobs: int = 1, scheduler: str | None = None,
+            mask: str = "auto", b1: str = "auto", output_dir: Path | None = None, overwrite: bool = False,
+            on_result=None) -> FitReport:
+    """Fit every collection of ``dataset``; FitError (nothing written) when a collection is not fit-ready."""
+    dataset = Path(dataset).resolve()
+    if not (dataset / "dataset_description.json").is_file():
+        raise FitError(f"{dataset}: not a BIDS dataset (no dataset_description.json)")
+    unknown = sorted(set(models or ()) - set(MODELS))
+    if unknown:
+        raise FitError(f"unknown model {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    if mask not in ("auto", "none") and not Path(mask).is_file():
+        raise FitError(f"--mask {mask}: no such file")
+    output = Path(output_dir).resolve() if output_dir else dataset / "derivatives" / PIPELINE
+    wanted = list(models or MODELS)
+    if b1 == "auto" and "tb1dam" not in wanted and any(m in wanted for m in ("vfa", "mp2rage", "mtsat")):
+        wanted.insert(0, "tb1dam")  # the B1 maps these models use come from the same run
+    collections = find_collections(dataset, wanted, subjects, sessions)
+    if not collections:
+        raise FitError(f"{dataset}: no collection to fit for model(s) {', '.join(wanted)}")
+    problems = [p for c in collections for p in readiness_problems(c)]
+    if problems:
+        raise FitError("not fit-ready:\n" + "\n".join(problems))
+    output.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(output, dataset)
+
+    def tasks(phase: list[Collection], b1_maps: dict) -> list[FitTask]:
+        return [FitTask(c, dataset, output, mask, b1_maps.get(c.key()) if b1 == "auto" else None, overwrite)
+                for c in phase]
+
+    results: list[CollectionResult] = []
+
+    def run(phase_tasks):
+        for result in map_unordered(fit_collection, phase_tasks, jobs, processes=True, scheduler=scheduler):
+            results.append(result)
+            if on_result:
+                on_result(result)
+
+    run(tasks([c for c in collections if c.model == "tb1dam"], {}))
+    b1_maps = {}
+    for result in results:
+        if result.model == "tb1dam" and result.outputs:
+            owner = next(c for c in collections if c.label == result.label)
+            b1_maps.setdefault(owner.key(), result.outputs[0])
+    run(tasks([c for c in collections if c.model != "tb1dam"], b1_maps))
+    order = {c.label + c.model: i for i, c in enumerate(collections)}
+    results.sort(key=lambda r: order.get(r.label + r.model, 0))
+    return FitReport(output, results)
