@@ -53,7 +53,7 @@ def _dask_map(fn, items, scheduler: str):
     if not items:
         return
     try:
-        client = Client(scheduler, timeout=30, set_as_default=False)
+        client = Client(scheduler, timeout=30)
     except OSError as error:
         raise ExecutorError(f"cannot reach the Dask scheduler {scheduler}: {error}") from None
     with client:

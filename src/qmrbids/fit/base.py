@@ -50,6 +50,7 @@ class Model:
     reference: ClassVar[str]
     algorithm: ClassVar[str]
     chunk_size: ClassVar[int] = 1 << 15
+    uses_b1: ClassVar[bool] = False  # takes a relative transmit field map (``b1``)
 
     def parameters(self) -> dict:
         """Model parameters for the sidecars (JSON-ready numbers)."""

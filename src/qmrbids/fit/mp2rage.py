@@ -61,6 +61,8 @@ class MP2RAGEModel(Model):
                 "RepetitionTimeExcitation": t["tr_exc"], "RepetitionTimePreparation": t["tr_prep"],
                 "NumberShots": t["n_shots"], "InversionEfficiency": t["efficiency"]}
 
+    uses_b1 = True
+
     def voxel_inputs(self):
         return b1_input(self.b1)
 

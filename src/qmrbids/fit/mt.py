@@ -41,6 +41,8 @@ class MTsatModel(Model):
     def parameters(self) -> dict:
         return {"FlipAngle": degrees(self.angles), "RepetitionTimeExcitation": self.tr.tolist()}
 
+    uses_b1 = True
+
     def voxel_inputs(self):
         return b1_input(self.b1)
 

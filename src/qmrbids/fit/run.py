@@ -14,11 +14,13 @@ import hashlib
 import json
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 
 from qmrbids import __version__
 from qmrbids.fit import MODELS
@@ -420,7 +422,7 @@ def fit_collection(task: FitTask) -> CollectionResult:
         if not task.overwrite and all(_up_to_date(p, fingerprint) for p in targets.values()):
             return CollectionResult(c.label, c.model, "up-to-date", list(targets.values()))
         data, reference = _load(c)
-        if task.b1_map is not None and "b1" in model.voxel_inputs():
+        if task.b1_map is not None:
             model.b1 = b1_on_grid(task.b1_map, reference)
         mask, mask_note = make_mask(_mask_source(c, data, task.mask), task.mask)
         fit_start = time.perf_counter()
@@ -428,9 +430,9 @@ def fit_collection(task: FitTask) -> CollectionResult:
         fit_seconds = time.perf_counter() - fit_start
         _write(task, model, fit, targets, reference, fingerprint, mask_note, fit_seconds)
         return CollectionResult(c.label, c.model, "fitted", list(targets.values()), time.perf_counter() - start)
-    except (FitError, OSError, ValueError) as error:
+    except (FitError, OSError, ValueError, EOFError, zlib.error, ImageFileError) as error:
         return CollectionResult(c.label, c.model, "failed", seconds=time.perf_counter() - start,
-                                error=f"{c.label}: {error}")
+                                error=f"{c.label}: {' '.join(str(error).split())}")
 
 
 def _up_to_date(image: Path, fingerprint: str) -> bool:
@@ -454,7 +456,7 @@ def _write(task, model, fit, targets, reference, fingerprint, mask_note, seconds
         **_acquisition(c),
         "SkullStripped": False,
         "MaskMethod": mask_note,
-        "B1Correction": "TB1map" if task.b1_map is not None else ("none" if "b1" in model.voxel_inputs() else "not applicable"),
+        "B1Correction": "TB1map" if task.b1_map is not None else ("none" if model.uses_b1 else "not applicable"),
         "FitDurationSeconds": round(seconds, 4),
         "QmrbidsVersion": __version__,
         "QmrbidsFingerprint": fingerprint,
@@ -526,8 +528,8 @@ def run_fit(dataset: Path, *, models=None, subjects=None, sessions=None, jobs: i
     write_dataset_description(output, dataset)
 
     def tasks(phase: list[Collection], b1_maps: dict) -> list[FitTask]:
-        return [FitTask(c, dataset, output, mask, b1_maps.get(c.key()) if b1 == "auto" else None, overwrite)
-                for c in phase]
+        return [FitTask(c, dataset, output, mask, b1_maps.get(c.key()) if b1 == "auto" and MODELS[c.model].uses_b1
+                        else None, overwrite) for c in phase]
 
     results: list[CollectionResult] = []
 

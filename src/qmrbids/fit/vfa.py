@@ -35,6 +35,8 @@ class VFAModel(Model):
     def parameters(self) -> dict:
         return {"FlipAngle": degrees(self.angles), "RepetitionTimeExcitation": self.tr}
 
+    uses_b1 = True
+
     def voxel_inputs(self):
         return b1_input(self.b1)
 
