@@ -8,6 +8,8 @@ the output maps whatever the volume size, and each model only writes a vectorise
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 import numpy as np
@@ -51,6 +53,8 @@ class Model:
     algorithm: ClassVar[str]
     chunk_size: ClassVar[int] = 1 << 15
     uses_b1: ClassVar[bool] = False  # takes a relative transmit field map (``b1``)
+    #: Threads working on chunks at once (numpy releases the GIL in its loops); 0 = every core.
+    threads: int = 0
 
     def parameters(self) -> dict:
         """Model parameters for the sidecars (JSON-ready numbers)."""
@@ -83,11 +87,12 @@ class Model:
                 raise FitError(f"{key} map shape {value.shape} does not match the data's {shape}")
             inputs[key] = value.reshape(-1) if value.ndim else value
         out = {name: np.zeros(n, dtype=np.float32) for name in self.map_names}
-        for start in range(0, n, self.chunk_size):
+
+        def run(start: int) -> None:
             span = slice(start, min(start + self.chunk_size, n))
             select = slice(None) if keep is None else keep[span]
             if keep is not None and not select.any():
-                continue
+                return
             block = np.asarray(flat[span][select], dtype=np.float64)
             extra = {k: (v[span][select] if v.ndim else v) for k, v in inputs.items()}
             with np.errstate(all="ignore"):
@@ -96,13 +101,27 @@ class Model:
                 values = result[name]
                 target = out[name][span]
                 target[select] = np.where(np.isfinite(values), values, 0.0)
+
+        starts = range(0, n, self.chunk_size)
+        threads = min(self.threads or os.cpu_count() or 1, len(starts))
+        if threads <= 1:
+            for start in starts:
+                run(start)
+        else:  # chunks write disjoint slices of the outputs
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(run, starts))
         return Fit({name: values.reshape(shape) for name, values in out.items()})
+
+
+def rowsum(values: np.ndarray) -> np.ndarray:
+    """Sum of each row; a matrix-vector product is ~20x faster than ``sum(axis=1)`` on short rows."""
+    return values @ np.ones(values.shape[1])
 
 
 def r_squared(signals: np.ndarray, residual_ss: np.ndarray) -> np.ndarray:
     """Coefficient of determination 1 - SS_res / SS_tot of each row."""
-    total = ((signals - signals.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
-    return 1.0 - residual_ss / total
+    centred = signals - (rowsum(signals) / signals.shape[1])[:, None]
+    return 1.0 - residual_ss / rowsum(centred * centred)
 
 
 def as_angles(flip_angles_deg) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qmrbids.fit.base import FitError, Model, r_squared
+from qmrbids.fit.base import FitError, Model
 from qmrbids.fit.loglinear import weighted_loglinear
 
 
@@ -34,5 +34,5 @@ class DWIModel(Model):
         return {"BValues": self.b.tolist()}
 
     def fit_voxels(self, signals):
-        s0, adc, sse = weighted_loglinear(signals, self.b)
-        return {"ADC": adc, "S0": s0, "Rsquared": r_squared(signals, sse)}
+        s0, adc, r2 = weighted_loglinear(signals, self.b)
+        return {"ADC": adc, "S0": s0, "Rsquared": r2}

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from qmrbids.fit.base import rowsum
+
 
 def rate_grid(t: np.ndarray, size: int = 40) -> np.ndarray:
     """Log-spaced rates covering time constants from a tenth of the shortest spacing to 5x the span."""
@@ -51,8 +53,8 @@ class ExponentialSolver:
         """Best (a, b) for given rates, closed form of the 2x2 normal equations."""
         e = np.exp(-r[:, None] * self.t)
         k = self.t.size
-        se, see = e.sum(axis=1), (e * e).sum(axis=1)
-        sy, sye = y.sum(axis=1), (y * e).sum(axis=1)
+        se, see = rowsum(e), rowsum(e * e)
+        sy, sye = rowsum(y), rowsum(y * e)
         det = k * see - se * se
         a = (see * sy - se * sye) / det
         b = (k * sye - se * sy) / det
@@ -60,7 +62,7 @@ class ExponentialSolver:
 
     def _sse(self, y, a, b, r):
         res = y - a[:, None] - b[:, None] * np.exp(-r[:, None] * self.t)
-        return (res * res).sum(axis=1)
+        return rowsum(res * res)
 
     def _refine(self, y, r):
         """Gauss-Newton on (a, b, log r), each step kept only where it lowers the residual.
@@ -75,9 +77,9 @@ class ExponentialSolver:
             e = np.exp(-r[:, None] * t)
             res = y - a[:, None] - b[:, None] * e
             g = -(b * r)[:, None] * t * e  # derivative with respect to log r
-            s_e, s_g = e.sum(axis=1), g.sum(axis=1)
-            s_ee, s_eg, s_gg = (e * e).sum(axis=1), (e * g).sum(axis=1), (g * g).sum(axis=1)
-            r0, r1, r2 = res.sum(axis=1), (e * res).sum(axis=1), (g * res).sum(axis=1)
+            s_e, s_g = rowsum(e), rowsum(g)
+            s_ee, s_eg, s_gg = rowsum(e * e), rowsum(e * g), rowsum(g * g)
+            r0, r1, r2 = rowsum(res), rowsum(e * res), rowsum(g * res)
             c00 = s_ee * s_gg - s_eg * s_eg
             c01 = s_eg * s_g - s_e * s_gg
             c02 = s_e * s_eg - s_ee * s_g
@@ -107,7 +109,8 @@ class ExponentialSolver:
         for start in range(0, n, self.grid_block):  # cache-sized blocks, single precision
             rows = slice(start, start + self.grid_block)
             energy = (y[rows].astype(np.float32) @ self.projectors) ** 2
-            energy = energy.reshape(-1, self.patterns.shape[0], self.rates.size, 2).sum(axis=3)
+            energy = energy.reshape(-1, self.patterns.shape[0], self.rates.size, 2)
+            energy = energy[..., 0] + energy[..., 1]
             best_grid[rows] = energy.argmax(axis=2)
             best_energy[rows] = np.take_along_axis(energy, best_grid[rows][..., None], axis=2)[..., 0]
         if self.patterns.shape[0] == 1:

@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 
+from qmrbids.fit.base import rowsum
 
-def weighted_loglinear(signals: np.ndarray, x: np.ndarray, iterations: int = 2):
-    """(S0, R, residual sum of squares on S) of each row, by iteratively reweighted log-linear LS.
+
+def weighted_loglinear(signals: np.ndarray, x: np.ndarray):
+    """(S0, R, weighted R^2 of the log-linear fit) of each row, by reweighted log-linear LS.
 
     var(log S) ~ sigma^2 / S^2, so each point is weighted by S^2; the first pass takes the
-    weights from the data, later passes from the fitted curve, which keeps points near the noise
-    floor from pulling the fit (Gambarota et al.; Veraart et al. NeuroImage 2013;81:335).
+    weights from the data, the second from the fitted curve, which keeps points near the noise
+    floor from pulling the fit (Veraart et al. NeuroImage 2013;81:335).
     """
     x = np.asarray(x, dtype=np.float64)
     logs = np.log(np.maximum(signals, np.finfo(np.float64).tiny))
     w = signals * signals
-    for _ in range(iterations):
-        sw = w.sum(axis=1)
-        mx = (w * x).sum(axis=1) / sw
-        my = (w * logs).sum(axis=1) / sw
+    for final in (False, True):
+        sw = rowsum(w)
+        mx = (w @ x) / sw
+        my = rowsum(w * logs) / sw
         dx = x - mx[:, None]
-        slope = (w * dx * (logs - my[:, None])).sum(axis=1) / (w * dx * dx).sum(axis=1)
+        dy = logs - my[:, None]
+        wdx = w * dx
+        sxx, sxy = rowsum(wdx * dx), rowsum(wdx * dy)
+        slope = sxy / sxx
         intercept = my - slope * mx
-        fitted = np.exp(intercept[:, None] + slope[:, None] * x)
-        w = fitted * fitted
-    res = signals - fitted
-    return np.exp(intercept), -slope, (res * res).sum(axis=1)
+        if not final:
+            w = np.exp(2.0 * (intercept[:, None] + slope[:, None] * x))
+    syy = rowsum(w * dy * dy)
+    return np.exp(intercept), -slope, sxy * sxy / (sxx * syy)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qmrbids.fit.base import FitError, Model, r_squared
+from qmrbids.fit.base import FitError, Model
 from qmrbids.fit.loglinear import weighted_loglinear
 
 
@@ -34,5 +34,5 @@ class MEGREModel(Model):
         return {"EchoTime": self.te.tolist()}
 
     def fit_voxels(self, signals):
-        s0, r2s, sse = weighted_loglinear(signals, self.te)
-        return {"R2starmap": r2s, "T2starmap": 1.0 / r2s, "S0map": s0, "Rsquared": r_squared(signals, sse)}
+        s0, r2s, r2 = weighted_loglinear(signals, self.te)
+        return {"R2starmap": r2s, "T2starmap": 1.0 / r2s, "S0map": s0, "Rsquared": r2}

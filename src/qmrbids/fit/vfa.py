@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qmrbids.fit.base import FitError, Model, as_angles, degrees, b1_input, r_squared
+from qmrbids.fit.base import FitError, Model, as_angles, b1_input, degrees, rowsum
 
 
 class VFAModel(Model):
@@ -42,15 +42,15 @@ class VFAModel(Model):
 
     def fit_voxels(self, signals, b1=1.0):
         angles = self.angles * np.reshape(b1, (-1, 1))
-        x = signals / np.tan(angles)
-        y = signals / np.sin(angles)
-        mx, my = x.mean(axis=1), y.mean(axis=1)
-        dx, dy = x - mx[:, None], y - my[:, None]
-        sxx = (dx * dx).sum(axis=1)
-        slope = (dx * dy).sum(axis=1) / sxx
-        intercept = my - slope * mx
+        sin, cos = np.sin(angles), np.cos(angles)
+        y = signals / sin
+        x = y * cos
+        mx, my = rowsum(x) / x.shape[1], rowsum(y) / y.shape[1]
+        x -= mx[:, None]
+        y -= my[:, None]
+        sxx, sxy, syy = rowsum(x * x), rowsum(x * y), rowsum(y * y)
+        slope = sxy / sxx
         t1 = -self.tr / np.log(slope)
-        m0 = intercept / (1.0 - slope)
-        e1 = slope[:, None]
-        fitted = m0[:, None] * np.sin(angles) * (1.0 - e1) / (1.0 - np.cos(angles) * e1)
-        return {"T1map": t1, "M0map": m0, "Rsquared": r_squared(signals, ((signals - fitted) ** 2).sum(axis=1))}
+        m0 = (my - slope * mx) / (1.0 - slope)
+        # R^2 of the DESPOT1 line (1 - SS_res / SS_tot in its own coordinates)
+        return {"T1map": t1, "M0map": m0, "Rsquared": sxy * sxy / (sxx * syy)}
