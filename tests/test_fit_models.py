@@ -266,6 +266,8 @@ def test_mask_and_chunks_do_not_change_the_maps():
     assert np.all(whole.T1map[~mask] == 0)
     np.testing.assert_allclose(whole.T1map[mask], t1[mask], rtol=1e-5)
     assert whole.T1map.dtype == np.float32 and whole.T1map.shape == t1.shape
+    fortran = VFAModel([3, 20], 0.015, b1=np.asfortranarray(np.ones_like(t1))).fit(np.asfortranarray(s), mask)
+    np.testing.assert_array_equal(fortran.T1map, whole.T1map)  # NIfTI (Fortran) order, walked without a copy
 
 
 def test_bad_acquisitions_are_fit_errors():

@@ -51,10 +51,24 @@ class Model:
     goodness: ClassVar[str | None] = None
     reference: ClassVar[str]
     algorithm: ClassVar[str]
-    chunk_size: ClassVar[int] = 1 << 15
+    #: Voxels per chunk; None sizes chunks to ~32k values so a block stays in the CPU cache.
+    chunk_size: int | None = None
     uses_b1: ClassVar[bool] = False  # takes a relative transmit field map (``b1``)
     #: Threads working on chunks at once (numpy releases the GIL in its loops); 0 = every core.
     threads: int = 0
+
+    #: Sidecar fields every input image must have (checked before anything is fitted).
+    required: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_metadata(cls, metadata: list[dict], **context) -> Model:
+        """The model for input images with these sidecars, given in :meth:`data_order`."""
+        raise NotImplementedError
+
+    @staticmethod
+    def data_order(metadata: list[dict], entities: list[dict]) -> list[int]:
+        """Order in which the images of a collection form the data's last axis."""
+        return list(range(len(metadata)))
 
     def parameters(self) -> dict:
         """Model parameters for the sidecars (JSON-ready numbers)."""
@@ -75,9 +89,11 @@ class Model:
         """Fit every voxel of ``data`` (spatial shape + measurements) inside ``mask``."""
         data = np.asarray(data)
         shape = data.shape[:-1]
-        flat = data.reshape(-1, data.shape[-1])
+        # NIfTI arrays are Fortran-ordered: walk voxels in memory order so no copy of the volume is made
+        order = "F" if data.flags.f_contiguous and not data.flags.c_contiguous else "C"
+        flat = data.reshape(-1, data.shape[-1], order=order)
         n = flat.shape[0]
-        keep = None if mask is None else np.asarray(mask, dtype=bool).reshape(-1)
+        keep = None if mask is None else np.asarray(mask, dtype=bool).reshape(-1, order=order)
         if keep is not None and keep.size != n:
             raise FitError(f"mask shape {np.shape(mask)} does not match the data's {shape}")
         inputs = {}
@@ -85,11 +101,12 @@ class Model:
             value = np.asarray(value, dtype=np.float64)
             if value.ndim and value.shape != shape:
                 raise FitError(f"{key} map shape {value.shape} does not match the data's {shape}")
-            inputs[key] = value.reshape(-1) if value.ndim else value
+            inputs[key] = value.reshape(-1, order=order) if value.ndim else value
         out = {name: np.zeros(n, dtype=np.float32) for name in self.map_names}
+        chunk = self.chunk_size or max(1024, (1 << 15) // flat.shape[1])
 
         def run(start: int) -> None:
-            span = slice(start, min(start + self.chunk_size, n))
+            span = slice(start, min(start + chunk, n))
             select = slice(None) if keep is None else keep[span]
             if keep is not None and not select.any():
                 return
@@ -102,7 +119,7 @@ class Model:
                 target = out[name][span]
                 target[select] = np.where(np.isfinite(values), values, 0.0)
 
-        starts = range(0, n, self.chunk_size)
+        starts = range(0, n, chunk)
         threads = min(self.threads or os.cpu_count() or 1, len(starts))
         if threads <= 1:
             for start in starts:
@@ -110,7 +127,7 @@ class Model:
         else:  # chunks write disjoint slices of the outputs
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(run, starts))
-        return Fit({name: values.reshape(shape) for name, values in out.items()})
+        return Fit({name: values.reshape(shape, order=order) for name, values in out.items()})
 
 
 def rowsum(values: np.ndarray) -> np.ndarray:

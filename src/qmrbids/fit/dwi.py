@@ -30,6 +30,12 @@ class DWIModel(Model):
             raise FitError(f"ADC needs at least two distinct b-values, not {b.tolist()}")
         self.b = b
 
+    @classmethod
+    def from_metadata(cls, metadata, bvalues=None, **context):
+        if bvalues is None:
+            raise FitError("ADC needs the b-values (.bval file)")
+        return cls(bvalues)
+
     def parameters(self) -> dict:
         return {"BValues": self.b.tolist()}
 

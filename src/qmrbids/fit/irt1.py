@@ -28,7 +28,6 @@ class IRT1Model(Model):
     reference = "Barral JK, Gudmundson E, Stikov N, et al. MRM 2010;64:1057-1067 (RD-NLS-PR)"
     algorithm = ("least squares of a + b exp(-TI/T1) with polarity restoration: variable projection "
                  "over a log-spaced T1 grid, Gauss-Newton refinement, polarity chosen after refinement")
-    chunk_size = 1 << 13
 
     def __init__(self, inversion_times_s):
         ti = np.asarray(inversion_times_s, dtype=np.float64).reshape(-1)
@@ -36,6 +35,12 @@ class IRT1Model(Model):
             raise FitError(f"IRT1 needs at least three distinct non-negative inversion times, not {ti.tolist()}")
         self.ti = ti
         self.solver = ExponentialSolver(ti, polarity=True)
+
+    required = ("InversionTime",)
+
+    @classmethod
+    def from_metadata(cls, metadata, **context):
+        return cls([m["InversionTime"] for m in metadata])
 
     def parameters(self) -> dict:
         return {"InversionTime": self.ti.tolist()}

@@ -30,6 +30,12 @@ class MEGREModel(Model):
             raise FitError(f"MEGRE needs at least two distinct echo times, not {te.tolist()}")
         self.te = te
 
+    required = ("EchoTime",)
+
+    @classmethod
+    def from_metadata(cls, metadata, **context):
+        return cls([m["EchoTime"] for m in metadata])
+
     def parameters(self) -> dict:
         return {"EchoTime": self.te.tolist()}
 

@@ -28,7 +28,6 @@ class MESEModel(Model):
                  "offset model); Gudbjartsson H, Patz S. MRM 1995;34:910 (E[M^2] = A^2 + 2 sigma^2)")
     algorithm = ("least squares of S0^2 exp(-2 TE/T2) + c on squared magnitudes (variable projection "
                  "over a T2 grid, Gauss-Newton refinement)")
-    chunk_size = 1 << 13
 
     def __init__(self, echo_times_s):
         te = np.asarray(echo_times_s, dtype=np.float64).reshape(-1)
@@ -36,6 +35,12 @@ class MESEModel(Model):
             raise FitError(f"MESE needs at least four distinct positive echo times, not {te.tolist()}")
         self.te = te
         self.solver = ExponentialSolver(te)
+
+    required = ("EchoTime",)
+
+    @classmethod
+    def from_metadata(cls, metadata, **context):
+        return cls([m["EchoTime"] for m in metadata])
 
     def parameters(self) -> dict:
         return {"EchoTime": self.te.tolist()}

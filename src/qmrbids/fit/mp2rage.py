@@ -55,6 +55,20 @@ class MP2RAGEModel(Model):
             raise FitError(str(error)) from None
         self.b1 = b1
 
+    required = ("InversionTime", "FlipAngle", "RepetitionTimeExcitation", "RepetitionTimePreparation", "NumberShots")
+
+    @classmethod
+    def from_metadata(cls, metadata, b1=None, **context):
+        """From the sidecars of the two inversions (INV1, INV2); InversionEfficiency defaults to 0.96."""
+        if len(metadata) != 2:
+            raise FitError("MP2RAGE needs the sidecars of both inversions (inv-1, inv-2) for its timing")
+        first = metadata[0]
+        return cls(inversion_times_s=[m["InversionTime"] for m in metadata],
+                   flip_angles_deg=[m["FlipAngle"] for m in metadata],
+                   repetition_time_excitation_s=first["RepetitionTimeExcitation"],
+                   repetition_time_preparation_s=first["RepetitionTimePreparation"],
+                   number_shots=first["NumberShots"], inversion_efficiency=first.get("InversionEfficiency", 0.96), b1=b1)
+
     def parameters(self) -> dict:
         t = self.timing
         return {"InversionTime": t["inversion_times"], "FlipAngle": t["flip_degs"],

@@ -38,6 +38,22 @@ class MTsatModel(Model):
             raise FitError("MTsat needs different flip angles for PDw and T1w")
         self.b1 = b1
 
+    required = ("FlipAngle", "RepetitionTimeExcitation")
+
+    @staticmethod
+    def data_order(metadata, entities):
+        """PDw (MT off at the MTw flip angle), MTw, T1w (the other MT-off image)."""
+        on = [i for i in range(len(metadata)) if mt_on(metadata[i], entities[i])]
+        off = [i for i in range(len(metadata)) if not mt_on(metadata[i], entities[i])]
+        if len(on) != 1 or len(off) != 2:
+            raise FitError("MTsat needs one MT-on and two MT-off images")
+        pd = min(off, key=lambda i: abs(metadata[i]["FlipAngle"] - metadata[on[0]]["FlipAngle"]))
+        return [pd, on[0], next(i for i in off if i != pd)]
+
+    @classmethod
+    def from_metadata(cls, metadata, b1=None, **context):
+        return cls([m["FlipAngle"] for m in metadata], [m["RepetitionTimeExcitation"] for m in metadata], b1=b1)
+
     def parameters(self) -> dict:
         return {"FlipAngle": degrees(self.angles), "RepetitionTimeExcitation": self.tr.tolist()}
 
@@ -47,17 +63,25 @@ class MTsatModel(Model):
         return b1_input(self.b1)
 
     def fit_voxels(self, signals, b1=1.0):
-        a = self.angles[None, :] * np.reshape(b1, (-1, 1))
+        sin = np.sin(self.angles[None, :] * np.reshape(b1, (-1, 1)))
+        cos = np.sqrt(1.0 - sin * sin)  # angles < 90 degrees; cheaper than a second cosine
         s_pd, s_mt, s_t1 = signals[:, 0], signals[:, 1], signals[:, 2]
-        y_pd, y_t1 = s_pd / np.sin(a[:, 0]), s_t1 / np.sin(a[:, 2])
-        x_pd, x_t1 = s_pd / np.tan(a[:, 0]), s_t1 / np.tan(a[:, 2])
+        y_pd, y_t1 = s_pd / sin[:, 0], s_t1 / sin[:, 2]
+        x_pd, x_t1 = y_pd * cos[:, 0], y_t1 * cos[:, 2]
         e1 = (y_t1 - y_pd) / (x_t1 - x_pd)
         m0 = (y_pd - e1 * x_pd) / (1.0 - e1)
         r1 = -np.log(e1) / self.tr[0]
         e1_mt = np.exp(-r1 * self.tr[1])
-        keep = s_mt / (m0 * np.sin(a[:, 1]) * (1.0 - e1_mt) + s_mt * np.cos(a[:, 1]) * e1_mt)
+        keep = s_mt / (m0 * sin[:, 1] * (1.0 - e1_mt) + s_mt * cos[:, 1] * e1_mt)
         mtsat = (1.0 - keep) / np.square(b1)
         return {"MTsat": 100.0 * mtsat, "R1map": r1, "M0map": m0}
+
+
+def mt_on(metadata: dict, entities: dict) -> bool:
+    """Whether an image had the MT pulse: MTState, else the mt entity."""
+    if "MTState" in metadata:
+        return bool(metadata["MTState"])
+    return entities.get("mt") == "on"
 
 
 class MTRModel(Model):
@@ -68,6 +92,16 @@ class MTRModel(Model):
     outputs = {"MTRmap": "percent"}
     reference = "Wolff SD, Balaban RS. MRM 1989;10:135-144"
     algorithm = "100 (S_off - S_on) / S_off"
+
+    @staticmethod
+    def data_order(metadata, entities):
+        if sorted(mt_on(m, e) for m, e in zip(metadata, entities, strict=True)) != [False, True]:
+            raise FitError("MTR needs one MT-off and one MT-on image")
+        return sorted(range(2), key=lambda i: mt_on(metadata[i], entities[i]))
+
+    @classmethod
+    def from_metadata(cls, metadata, **context):
+        return cls()
 
     def fit_voxels(self, signals):
         return {"MTRmap": 100.0 * (signals[:, 0] - signals[:, 1]) / signals[:, 0]}

@@ -54,6 +54,7 @@ class Collection:
     images: list[Path]
     metadata: list[dict]
     names: list[str]  # how each image is named in messages ("flip-2")
+    image_entities: list[dict] = field(default_factory=list)
     extra_sources: list[Path] = field(default_factory=list)  # sidecars / bval files read
     bvalues: list[float] | None = None
 
@@ -71,6 +72,7 @@ class FitTask:
     mask: str
     b1_map: Path | None
     overwrite: bool
+    threads: int = 0  # threads of the model's chunk loop; 1 when collections already run in parallel
 
 
 @dataclass
@@ -141,7 +143,8 @@ def _collection(model: str, suffix: str, files: list, **extra) -> Collection:
     return Collection(model=model, subject=str(ident["subject"]), session=ident.get("session"), entities=ident,
                       label=_label(ident, suffix), images=[Path(f.path) for f in files],
                       metadata=[f.get_metadata() for f in files],
-                      names=[_varying_name(f.get_entities()) for f in files], **extra)
+                      names=[_varying_name(f.get_entities()) for f in files],
+                      image_entities=[f.get_entities() for f in files], **extra)
 
 
 def find_collections(dataset: Path, models=None, subjects=None, sessions=None) -> list[Collection]:
@@ -192,25 +195,13 @@ def find_collections(dataset: Path, models=None, subjects=None, sessions=None) -
 
 # ---- fit-readiness ----
 
-def _required(model: str) -> tuple[str, ...]:
-    return {
-        "tb1dam": ("FlipAngle",), "vfa": ("FlipAngle", "RepetitionTimeExcitation"), "irt1": ("InversionTime",),
-        "mese": ("EchoTime",), "megre": ("EchoTime",), "mtsat": ("FlipAngle", "RepetitionTimeExcitation"),
-        "mtr": (), "dwi": (),
-        "mp2rage": ("InversionTime", "FlipAngle", "RepetitionTimeExcitation", "RepetitionTimePreparation",
-                    "NumberShots"),
-    }[model]
-
-
 def readiness_problems(collection: Collection) -> list[str]:
     """What keeps ``collection`` from being fitted, one message per missing item."""
     problems = []
     for name, meta in zip(collection.names, collection.metadata, strict=True):
-        for key in _required(collection.model):
+        for key in MODELS[collection.model].required:
             if key not in meta:
                 problems.append(f"{collection.label}: {key} missing in {name}")
-    if collection.model == "mp2rage" and len(collection.extra_sources) != 2:
-        problems.append(f"{collection.label}: needs the two MP2RAGE inversion sidecars (inv-1, inv-2) for its timing")
     if collection.model == "dwi" and (not collection.bvalues or len(set(collection.bvalues)) < 2):
         problems.append(f"{collection.label}: needs a .bval file with at least two distinct b-values")
     if not problems:
@@ -221,70 +212,16 @@ def readiness_problems(collection: Collection) -> list[str]:
     return problems
 
 
-# ---- models from metadata ----
-
-def _metadata(collection: Collection, key: str) -> list:
-    return [meta[key] for meta in collection.metadata]
-
-
-def build_model(collection: Collection, b1=None) -> Model:
-    """The model instance for ``collection``, its acquisition read from the sidecars."""
-    m = collection.model
-    cls = MODELS[m]
-    if m == "vfa":
-        tr = set(_metadata(collection, "RepetitionTimeExcitation"))
-        if len(tr) != 1:
-            raise FitError(f"VFA needs one RepetitionTimeExcitation, not {sorted(tr)}")
-        return cls(_metadata(collection, "FlipAngle"), tr.pop(), b1=b1)
-    if m == "tb1dam":
-        return cls(_metadata(collection, "FlipAngle"))
-    if m == "irt1":
-        return cls(_metadata(collection, "InversionTime"))
-    if m in ("mese", "megre"):
-        return cls(_metadata(collection, "EchoTime"))
-    if m == "dwi":
-        return cls(collection.bvalues)
-    if m == "mtr":
-        return cls()
-    if m == "mtsat":
-        flips, trs, mts = _mtsat_order(collection)
-        return cls(flips, trs, b1=b1)
-    if m == "mp2rage":
-        meta = collection.metadata
-        first = meta[0]
-        return cls(inversion_times_s=[x["InversionTime"] for x in meta], flip_angles_deg=[x["FlipAngle"] for x in meta],
-                   repetition_time_excitation_s=first["RepetitionTimeExcitation"],
-                   repetition_time_preparation_s=first["RepetitionTimePreparation"], number_shots=first["NumberShots"],
-                   inversion_efficiency=first.get("InversionEfficiency", 0.96), b1=b1)
-    raise FitError(f"unknown model {m}")
-
-
-def _mt_on(meta: dict, name: str) -> bool:
-    if "MTState" in meta:
-        return bool(meta["MTState"])
-    return "mt-on" in name
-
-
-def _mtsat_order(collection: Collection):
-    """Indices of PDw, MTw, T1w in the collection, and their flip angles and TRs in that order."""
-    items = list(zip(collection.names, collection.metadata, strict=True))
-    on = [i for i, (n, meta) in enumerate(items) if _mt_on(meta, n)]
-    off = [i for i, (n, meta) in enumerate(items) if not _mt_on(meta, n)]
-    if len(on) != 1 or len(off) != 2:
-        raise FitError("MTsat needs one MT-on and two MT-off images")
-    mt_flip = items[on[0]][1]["FlipAngle"]
-    pd = min(off, key=lambda i: abs(items[i][1]["FlipAngle"] - mt_flip))
-    t1 = next(i for i in off if i != pd)
-    order = [pd, on[0], t1]
-    return ([items[i][1]["FlipAngle"] for i in order], [items[i][1]["RepetitionTimeExcitation"] for i in order], order)
-
-
-def _data_order(collection: Collection) -> list[int]:
-    if collection.model == "mtsat":
-        return _mtsat_order(collection)[2]
-    if collection.model == "mtr":
-        return sorted(range(len(collection.names)), key=lambda i: _mt_on(collection.metadata[i], collection.names[i]))
-    return list(range(len(collection.images)))
+def build_model(collection: Collection) -> tuple[Model, list[int]]:
+    """The model for ``collection``, built from its sidecars, and the order of its images."""
+    cls = MODELS[collection.model]
+    meta = collection.metadata
+    if len(meta) == len(collection.images):  # one sidecar per image (MP2RAGE reads the inversions')
+        order = cls.data_order(meta, collection.image_entities)
+        meta = [meta[i] for i in order]
+    else:
+        order = list(range(len(collection.images)))
+    return cls.from_metadata(meta, bvalues=collection.bvalues), order
 
 
 # ---- masks, B1, fingerprints ----
@@ -384,20 +321,21 @@ def _acquisition(collection: Collection) -> dict:
     return out
 
 
-def _load(collection: Collection) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """The collection's images stacked on a last axis (float32), in the model's order."""
-    images = [nib.load(str(collection.images[i])) for i in _data_order(collection)]
+def _load(collection: Collection, order: list[int]) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """The collection's images stacked on a last axis (float32, in ``order``), filled one volume at
+    a time into one array, so loading peaks at the data plus a single volume."""
+    images = [nib.load(str(collection.images[i])) for i in order]
     first = images[0]
-    volumes = []
-    for path, img in zip(collection.images, images, strict=True):
-        data = np.asarray(img.dataobj, dtype=np.float32)
-        if data.ndim == 4:
-            volumes.extend(np.moveaxis(data, -1, 0))
-        elif data.shape == first.shape[:3]:
-            volumes.append(data)
-        else:
-            raise FitError(f"{path.name}: shape {data.shape} differs from {collection.images[0].name}'s")
-    data = np.stack(volumes, axis=-1)
+    counts = [img.shape[3] if len(img.shape) == 4 else 1 for img in images]
+    data = np.empty((*first.shape[:3], sum(counts)), dtype=np.float32)
+    k = 0
+    for index, img, count in zip(order, images, counts, strict=True):
+        if img.shape[:3] != first.shape[:3]:
+            raise FitError(f"{collection.images[index].name}: shape {img.shape} differs from "
+                           f"{collection.images[order[0]].name}'s")
+        for t in range(count):
+            data[..., k] = img.dataobj[..., t] if len(img.shape) == 4 else img.dataobj
+            k += 1
     if collection.model == "mp2rage" and np.nanmax(data) > 1.0:  # integer UNI: 0..4095 is -0.5..0.5
         data = data / np.float32(4095.0) - np.float32(0.5)
     return data, first
@@ -416,12 +354,13 @@ def fit_collection(task: FitTask) -> CollectionResult:
     c = task.collection
     start = time.perf_counter()
     try:
-        model = build_model(c)
+        model, order = build_model(c)
+        model.threads = task.threads
         targets = output_paths(c, model, task.output)
         fingerprint = _fingerprint(task, model)
         if not task.overwrite and all(_up_to_date(p, fingerprint) for p in targets.values()):
             return CollectionResult(c.label, c.model, "up-to-date", list(targets.values()))
-        data, reference = _load(c)
+        data, reference = _load(c, order)
         if task.b1_map is not None:
             model.b1 = b1_on_grid(task.b1_map, reference)
         mask, mask_note = make_mask(_mask_source(c, data, task.mask), task.mask)
@@ -528,8 +467,9 @@ def run_fit(dataset: Path, *, models=None, subjects=None, sessions=None, jobs: i
     write_dataset_description(output, dataset)
 
     def tasks(phase: list[Collection], b1_maps: dict) -> list[FitTask]:
+        threads = 1 if jobs > 1 or scheduler else 0
         return [FitTask(c, dataset, output, mask, b1_maps.get(c.key()) if b1 == "auto" and MODELS[c.model].uses_b1
-                        else None, overwrite) for c in phase]
+                        else None, overwrite, threads) for c in phase]
 
     results: list[CollectionResult] = []
 

@@ -29,6 +29,12 @@ class TB1DAMModel(Model):
         self.order = np.argsort(angles)
         self.alpha = float(angles.min())
 
+    required = ("FlipAngle",)
+
+    @classmethod
+    def from_metadata(cls, metadata, **context):
+        return cls([m["FlipAngle"] for m in metadata])
+
     def parameters(self) -> dict:
         return {"FlipAngle": degrees(np.array([self.alpha, 2 * self.alpha]))}
 
