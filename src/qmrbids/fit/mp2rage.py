@@ -55,7 +55,8 @@ class MP2RAGEModel(Model):
             raise FitError(str(error)) from None
         self.b1 = b1
 
-    required = ("InversionTime", "FlipAngle", "RepetitionTimeExcitation", "RepetitionTimePreparation", "NumberShots")
+    required = ("InversionTime", "FlipAngle", "RepetitionTimeExcitation", "RepetitionTimePreparation",
+                "NumberShots")
 
     @classmethod
     def from_metadata(cls, metadata, b1=None, **context):
@@ -67,7 +68,8 @@ class MP2RAGEModel(Model):
                    flip_angles_deg=[m["FlipAngle"] for m in metadata],
                    repetition_time_excitation_s=first["RepetitionTimeExcitation"],
                    repetition_time_preparation_s=first["RepetitionTimePreparation"],
-                   number_shots=first["NumberShots"], inversion_efficiency=first.get("InversionEfficiency", 0.96), b1=b1)
+                   number_shots=first["NumberShots"], inversion_efficiency=first.get("InversionEfficiency", 0.96),
+                   b1=b1)
 
     def parameters(self) -> dict:
         t = self.timing
@@ -90,7 +92,8 @@ class MP2RAGEModel(Model):
         """(UNI, T1) of the monotonic decreasing branch of a table row, UNI increasing."""
         curve = self.table[row]
         start = int(np.argmax(curve))
-        stop = start + int(np.argmax(np.diff(curve[start:]) >= 0)) if np.any(np.diff(curve[start:]) >= 0) else len(curve) - 1
+        rising = np.diff(curve[start:]) >= 0
+        stop = start + int(np.argmax(rising)) if rising.any() else len(curve) - 1
         return curve[start:stop + 1][::-1], T1_GRID[start:stop + 1][::-1]
 
     def fit_voxels(self, signals, b1=1.0):

@@ -102,10 +102,6 @@ class FitReport:
 
 # ---- finding collections ----
 
-def _number(value) -> float:
-    return float(value) if isinstance(value, (int, float)) else float("nan")
-
-
 def _groups(layout, suffix: str, filters: dict, *, datatype=None) -> dict[tuple, list]:
     files = layout.get(suffix=suffix, extension=[".nii", ".nii.gz"], **filters,
                        **({"datatype": datatype} if datatype else {}))
@@ -126,9 +122,9 @@ def _label(ident: dict, suffix: str) -> str:
 
 
 def _varying_name(entities: dict) -> str:
-    keys = {"flip": "flip", "inv": "inv", "echo": "echo", "mt": "mt"}
-    name = "_".join(f"{keys[k]}-{entities[k]}" for k in keys if k in entities)
-    return name or Path(str(entities.get("suffix", ""))).name
+    """How messages name one image of a collection: its varying entities ("flip-2"), else its suffix."""
+    return "_".join(f"{k}-{entities[k]}" for k in ("flip", "inv", "echo", "mt") if k in entities) or \
+        str(entities.get("suffix", ""))
 
 
 def _sort_key(f) -> tuple:
