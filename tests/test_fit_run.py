@@ -193,7 +193,7 @@ def test_cli(small_copy, capsys):
 
 
 def test_dask_cluster_gives_the_serial_maps(small_copy, tmp_path):
-    distributed = pytest.importorskip("distributed")
+    import distributed  # the test extra installs it, as qmrbids[dask] does
     serial = run_fit(small_copy, models=["tb1dam", "vfa", "irt1"], output_dir=tmp_path / "serial")
     with distributed.LocalCluster(n_workers=2, processes=False, threads_per_worker=1,
                                   dashboard_address=None) as cluster:
