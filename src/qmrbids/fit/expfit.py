@@ -27,9 +27,9 @@ def rate_grid(t: np.ndarray, size: int = 40) -> np.ndarray:
 class ExponentialSolver:
     """Fits ``a + b exp(-r t)`` for fixed sample times ``t`` (one instance, many voxel blocks)."""
 
-    grid_block = 2048
+    grid_block = 512
 
-    def __init__(self, t, *, polarity: bool = False, grid: np.ndarray | None = None, iterations: int = 6):
+    def __init__(self, t, *, polarity: bool = False, grid: np.ndarray | None = None, iterations: int = 5):
         self.t = np.asarray(t, dtype=np.float64)
         self.order = np.argsort(self.t)
         self.rates = rate_grid(self.t) if grid is None else np.asarray(grid, dtype=np.float64)
@@ -46,8 +46,7 @@ class ExponentialSolver:
             bases.append(q)
         q_all = np.concatenate(bases, axis=1)  # (k, 2G)
         # pattern p applied to the data equals the basis rows multiplied by the pattern
-        self.projectors = np.concatenate([patterns[p][:, None] * q_all for p in range(patterns.shape[0])],
-                                         axis=1).astype(np.float32)
+        self.projectors = np.concatenate([patterns[p][:, None] * q_all for p in range(patterns.shape[0])], axis=1)
 
     def _linear(self, y, r):
         """Best (a, b) for given rates, closed form of the 2x2 normal equations."""
@@ -105,10 +104,10 @@ class ExponentialSolver:
         """
         n = y.shape[0]
         best_grid = np.empty((n, self.patterns.shape[0]), dtype=np.intp)
-        best_energy = np.empty((n, self.patterns.shape[0]), dtype=np.float32)
-        for start in range(0, n, self.grid_block):  # cache-sized blocks, single precision
+        best_energy = np.empty((n, self.patterns.shape[0]))
+        for start in range(0, n, self.grid_block):  # cache-sized blocks
             rows = slice(start, start + self.grid_block)
-            energy = (y[rows].astype(np.float32) @ self.projectors) ** 2
+            energy = (y[rows] @ self.projectors) ** 2
             energy = energy.reshape(-1, self.patterns.shape[0], self.rates.size, 2)
             energy = energy[..., 0] + energy[..., 1]
             best_grid[rows] = energy.argmax(axis=2)
