@@ -3,13 +3,14 @@
 Run on demand: ``python benchmarks/fit.py [--shape 256 256 176] [--repeats 3] [--scipy-voxels 300]``.
 Each model runs in a fresh process on a float32 volume of the given shape simulated with the
 phantom's signal equations (SNR 50), like data read from NIfTI. Timed separately: writing and
-reading that volume as NIfTI (I/O), fitting the whole volume with qmrbids (median of --repeats
-for the closed forms, one run for the iterative IR, MESE and MP2RAGE fits), a plain-numpy implementation (the textbook vectorised
-formula on the whole array, no chunks; for IR a brute-force grid; measured on a subsample where
-it would not fit in memory) and a per-voxel scipy ``curve_fit`` loop (the ukat / pyqmrlab way) on
---scipy-voxels voxels. Peak memory of the fit = the input volume + the most that the fit
-allocated at once (tracemalloc; numpy reports its buffers). Goals on 2 cores: closed forms >= 1e7 voxels/s, IR >= 1e5 voxels/s,
-peak memory <= 2 GB for the 32-echo MESE volume.
+reading that volume as NIfTI (I/O); fitting the whole volume with qmrbids (median of --repeats
+for the closed forms, one run for the iterative IR, MESE and MP2RAGE fits); a plain-numpy
+implementation (the textbook vectorised formula on the whole array, no chunks; for IR a
+brute-force grid; on a subsample where it would not fit in memory or time); and a per-voxel scipy
+``curve_fit`` loop (the ukat / pyqmrlab way) on --scipy-voxels voxels. Peak memory of the fit =
+the input volume + the most that the fit allocated at once (tracemalloc; numpy reports its
+buffers). Goals on 2 cores: closed forms >= 1e7 voxels/s, IR >= 1e5 voxels/s, peak memory
+<= 2 GB for the 32-echo MESE volume.
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ def _simulate(name: str, shape, rng):
         make = lambda te: sg.mese(m0, t1, t2, 4.0, te)  # noqa: E731
     elif name == "mp2rage":
         x = np.array([0.0])
-        model = fit.MP2RAGEModel(inversion_times_s=[0.7, 2.5], flip_angles_deg=[4, 5], repetition_time_excitation_s=0.007,
-                                 repetition_time_preparation_s=5.0, number_shots=160, b1=b1.reshape(shape))
+        model = fit.MP2RAGEModel(inversion_times_s=[0.7, 2.5], flip_angles_deg=[4, 5],
+                                 repetition_time_excitation_s=0.007, repetition_time_preparation_s=5.0,
+                                 number_shots=160, b1=b1.reshape(shape))
         t1 = rng.uniform(0.5, 3.5, n)
         make = lambda _: model.uni(t1, b1) + 0.01 * rng.standard_normal(n)  # noqa: E731
     data = np.empty((*shape, x.size), dtype=np.float32)
@@ -165,7 +167,7 @@ def _measure(name, shape, repeats, scipy_voxels, queue):
         nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
         write = time.perf_counter() - start
         start = time.perf_counter()
-        data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+        data = np.array(nib.load(str(path)).dataobj, dtype=np.float32)  # a real read, not a lazy memmap
         read = time.perf_counter() - start
     times = []
     tracemalloc.start()  # numpy reports its allocations: data + everything the fit allocates
@@ -200,12 +202,14 @@ def main() -> None:
     rows = []
     for name in args.model or MODELS:
         queue = context.Queue()
-        process = context.Process(target=_measure, args=(name, tuple(args.shape), args.repeats, args.scipy_voxels, queue))
+        process = context.Process(target=_measure,
+                                  args=(name, tuple(args.shape), args.repeats, args.scipy_voxels, queue))
         process.start()
         rows.append(queue.get())
         process.join()
     voxels = int(np.prod(args.shape))
-    print(f"volume {'x'.join(map(str, args.shape))} = {voxels:,} voxels, float32; median of {args.repeats} fits (closed forms)\n")
+    print(f"volume {'x'.join(map(str, args.shape))} = {voxels:,} voxels, float32; "
+          f"median of {args.repeats} fits (closed forms)\n")
     print(f"{'model':8} {'meas':>4} {'qmrbids vox/s':>14} {'numpy vox/s':>12} {'(on)':>10} {'scipy vox/s':>12} "
           f"{'x numpy':>8} {'x scipy':>9} {'fit MB':>8} {'write s':>8} {'read s':>7}  goal")
     for name, rate, numpy_rate, take, scipy_rate, peak, write, read, k in rows:

@@ -13,7 +13,17 @@ import numpy as np
 import pytest
 
 from qmrbids.fit import (
-    DWIModel, FitError, IRT1Model, MEGREModel, MESEModel, MP2RAGEModel, MTRModel, MTsatModel, TB1DAMModel, VFAModel,
+    DWIModel,
+    FitError,
+    IRT1Model,
+    MEGREModel,
+    MESEModel,
+    MP2RAGEModel,
+    MTRModel,
+    MTsatModel,
+    TB1DAMModel,
+    VFAModel,
+    uni_from_inversions,
 )
 from qmrbids.phantom import Grid, make_truth, simulate_protocol
 from qmrbids.phantom import signals as sg
@@ -143,7 +153,8 @@ def test_mtsat(snr):
     t1, b1 = ramp(0.3, 3.0, n), np.linspace(0.8, 1.2, n)
     mtsat = np.linspace(0.005, 0.03, n)
     series = [(6.0, True), (6.0, False), (20.0, False)]  # MTw, PDw, T1w as acquired
-    images = [sg.spgr(np.ones(n), t1, np.full(n, 0.05), b1, a, 0.028, 0.0025, mtsat if mt else None) for a, mt in series]
+    images = [sg.spgr(np.ones(n), t1, np.full(n, 0.05), b1, a, 0.028, 0.0025, mtsat if mt else None)
+              for a, mt in series]
     s = np.stack([images[1], images[0], images[2]], axis=-1)  # model order: PDw, MTw, T1w
     fit = MTsatModel([6.0, 6.0, 20.0], [0.028] * 3, b1=b1).fit(noisy(s, snr))
     check(fit.MTsat / 100.0, mtsat, snr, 1e-4, 0.5)
@@ -173,7 +184,7 @@ def test_mp2rage(snr):
     model = MP2RAGEModel(inversion_times_s=timing["inversion_times"], flip_angles_deg=acq["FlipAngles"],
                          repetition_time_excitation_s=timing["tr_exc"], repetition_time_preparation_s=timing["tr_prep"],
                          number_shots=acq["NumberShots"], inversion_efficiency=acq["InversionEfficiency"], b1=b1)
-    fit = model.fit(sg.uni(g1, g2)[:, None])
+    fit = model.fit(uni_from_inversions(g1, g2)[:, None])
     check(fit.T1map, t1, snr, 1e-3, 0.2)
     check(fit.R1map, 1 / t1, snr, 1e-3, 0.2)
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import bids_validator_errors
 from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
 
-from conftest import bids_validator_errors
 from qmrbids.cli import main
 from qmrbids.fit import FitError
 from qmrbids.fit.run import run_fit
@@ -187,6 +187,8 @@ def test_cli(small_copy, capsys):
     assert main(["fit", str(small_copy), "--model", "tb1dam", "--model", "vfa", "--jobs", "2", "-q"]) == 0
     assert "sub-PHANTOM VFA [vfa]: fitted" in capsys.readouterr().out
     assert (small_copy / "derivatives" / "qmrbids" / SUB / "anat" / f"{SUB}_desc-vfa_T1map.nii.gz").is_file()
+    assert main(["fit", str(small_copy), "--participant-label", "sub-PHANTOM", "--model", "tb1dam", "-q"]) == 0
+    assert main(["fit", str(small_copy), "--participant-label", "OTHER", "-q"]) == 1  # nothing to fit
     assert main(["fit", str(small_copy), "--model", "nope"]) == 2
     assert main(["fit", str(small_copy), "--mask", "missing.nii.gz"]) == 2
     assert main(["fit", str(small_copy / "nowhere")]) == 2

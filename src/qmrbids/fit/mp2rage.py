@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qmrbids.fit.base import FitError, Model, as_angles, degrees, b1_input
+from qmrbids.fit.base import FitError, Model, as_angles, b1_input, degrees
 from qmrbids.phantom import signals as equations
 
 #: T1 grid of the lookup tables (s).

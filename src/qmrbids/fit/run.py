@@ -150,16 +150,16 @@ def find_collections(dataset: Path, models=None, subjects=None, sessions=None) -
     layout = BIDSLayout(str(dataset), validate=False, derivatives=False)
     filters = {}
     if subjects:
-        filters["subject"] = list(subjects)
+        filters["subject"] = [s.removeprefix("sub-") for s in subjects]
     if sessions:
-        filters["session"] = list(sessions)
+        filters["session"] = [s.removeprefix("ses-") for s in sessions]
     wanted = list(MODELS) if not models else list(models)
     out: list[Collection] = []
-    simple = {"tb1dam": "TB1DAM", "vfa": "VFA", "irt1": "IRT1", "mese": "MESE", "megre": "MEGRE", "mtsat": "MTS"}
     for name in wanted:
-        if name in simple:
-            for files in _groups(layout, simple[name], filters).values():
-                out.append(_collection(name, simple[name], files))
+        suffix = MODELS[name].suffix
+        if name in ("tb1dam", "vfa", "irt1", "mese", "megre", "mtsat"):  # one collection, images of one suffix
+            for files in _groups(layout, suffix, filters).values():
+                out.append(_collection(name, suffix, files))
         elif name == "mtr":
             for files in _groups(layout, "MTR", filters).values():
                 out.append(_collection(name, "MTR", files))
