@@ -558,3 +558,66 @@ def validate(
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---- qmrbids fit ----
+
+class MaskChoice(str, Enum):
+    auto = "auto"
+    none = "none"
+
+
+@app.command()
+def fit(
+    dataset: Annotated[Path, typer.Argument(help="BIDS dataset with qMRI collections.")],
+    model: Annotated[list[str] | None, typer.Option(help="Model to fit (repeatable; default all found).")] = None,
+    participant_label: Annotated[list[str] | None, typer.Option(help="Subject label (repeatable).")] = None,
+    session_label: Annotated[list[str] | None, typer.Option(help="Session label (repeatable).")] = None,
+    jobs: Annotated[int, typer.Option(help="Local worker processes, one collection each.")] = 1,
+    dask_scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address (tcp://host:port).")] = None,
+    mask: Annotated[str, typer.Option(help="auto (Otsu), none, or a NIfTI mask PATH.")] = "auto",
+    b1: Annotated[str, typer.Option(help="auto: correct with the session's TB1map; none: no correction.")] = "auto",
+    output_dir: Annotated[Path | None, typer.Option(help="Default DATASET/derivatives/qmrbids.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Refit maps that are up to date.")] = False,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="Report format.")] = OutputFormat.text,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Fit quantitative maps (T1, T2, T2*, B1, MTsat, MTR, ADC) into a BIDS derivative dataset."""
+    from qmrbids.fit import MODELS, FitError
+    from qmrbids.fit.run import run_fit
+    from qmrbids.parallel import ExecutorError
+
+    if jobs < 1:
+        raise UsageFailure(f"--jobs must be at least 1, not {jobs}")
+    if b1 not in ("auto", "none"):
+        raise UsageFailure(f"--b1 must be auto or none, not {b1!r}")
+    unknown = sorted(set(model or ()) - set(MODELS))
+    if unknown:
+        raise UsageFailure(f"unknown model {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    if not dataset.is_dir():
+        raise UsageFailure(f"{dataset}: no such folder")
+    if mask not in ("auto", "none") and not Path(mask).is_file():
+        raise UsageFailure(f"--mask {mask}: no such file")
+    with _progress(quiet) as progress:
+        task = progress.add_task("fitting", total=None)
+        try:
+            report = run_fit(dataset, models=model, subjects=participant_label, sessions=session_label, jobs=jobs,
+                             scheduler=dask_scheduler, mask=mask, b1=b1, output_dir=output_dir, overwrite=overwrite,
+                             on_result=lambda result: progress.advance(task))
+        except ExecutorError as error:
+            raise UsageFailure(str(error)) from None
+        except FitError as error:
+            err.print(f"qmrbids: error: {error}", markup=False)
+            raise typer.Exit(1) from None
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for r in report.results:
+            line = f"{r.label} [{r.model}]: {r.status}" + (f" in {r.seconds:.2f} s" if r.status == "fitted" else "")
+            typer.echo(line)
+    for r in report.results:
+        if r.status == "failed":
+            err.print(f"qmrbids: error: {r.error}", markup=False)
+    if not quiet:
+        err.print(f"qmrbids: {len(report.results)} collections -> {report.output}", markup=False)
+    raise typer.Exit(report.exit_code)
