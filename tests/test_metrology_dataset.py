@@ -40,8 +40,12 @@ def phantom_study(tmp_path_factory):
             data = np.asarray(truth.dataobj) * (1 + scale) * (1 + 0.004 * rng.standard_normal())
             folder = root / "ds" / "derivatives" / "qmrbids" / f"sub-{patient}" / f"ses-0{index}" / "anat"
             folder.mkdir(parents=True)
-            nib.save(nib.Nifti1Image(data.astype(np.float32), truth.affine),
-                     folder / f"sub-{patient}_ses-0{index}_desc-VFA_T1map.nii.gz")
+            stem = folder / f"sub-{patient}_ses-0{index}_desc-VFA_T1map"
+            nib.save(nib.Nifti1Image(data.astype(np.float32), truth.affine), f"{stem}.nii.gz")
+            stem.with_suffix(".json").write_text('{"Units": "s"}')
+            rsquared = stem.with_name(stem.name.replace("VFA_", "VFARsquared_"))  # goodness of fit: not measured
+            nib.save(nib.Nifti1Image(np.ones(data.shape, np.float32), truth.affine), f"{rsquared}.nii.gz")
+            rsquared.with_suffix(".json").write_text('{"Units": "arbitrary"}')
             means[(vendor, index)] = data
     return root, labels, means
 

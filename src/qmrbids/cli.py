@@ -498,6 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, typer.Abort):
         err.print("qmrbids: interrupted; nothing partial was left behind", markup=False)
         return 130
+    except Exception as error:  # a defect of qmrbids, not of the data: still one line, never a traceback
+        err.print(f"qmrbids: error: internal error ({type(error).__name__}: {error}); please report it with "
+                  "the command that caused it", markup=False)
+        return 2
     return result if isinstance(result, int) else 0
 
 

@@ -140,8 +140,22 @@ def write_outputs(result: QcResult, report_dir: Path, output_format: str = "html
         from qmrbids.qc.report import html_report
 
         files["report.html"] = html_report(result)
+    mark_report_folder(report_dir)
     written = []
     for name, text in files.items():
         atomic_write_text(report_dir / name, text)
         written.append(report_dir / name)
     return written
+
+
+def mark_report_folder(report_dir: Path) -> None:
+    """Report files are not BIDS files: a report folder in a dataset's ``derivatives/`` is listed in
+    the dataset's ``.bidsignore``, so validators (ours and the official one) leave it alone."""
+    report_dir = Path(report_dir).resolve()
+    if report_dir.parent.name != "derivatives":
+        return
+    ignore = report_dir.parent.parent / ".bidsignore"
+    entry = f"derivatives/{report_dir.name}/"
+    lines = ignore.read_text().splitlines() if ignore.is_file() else []
+    if entry not in lines:
+        atomic_write_text(ignore, "\n".join([*lines, entry]) + "\n")

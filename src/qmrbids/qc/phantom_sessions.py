@@ -64,9 +64,18 @@ def find_maps(dataset: Path, participants: list[str] | None = None) -> list[Phan
         if parameter is None or (participants and entities.get("subject") not in participants):
             continue
         name = path.name.split(".")[0]
+        if _units(path.with_name(name + ".json")) != "s":
+            continue  # goodness-of-fit maps share the suffix (desc-...Rsquared_T1map) but have no time unit
         method = "_".join(p for p in name.split("_") if not p.startswith(("sub-", "ses-")))
         maps.append(PhantomMap(path, entities["subject"], entities.get("session", ""), method, parameter))
     return maps
+
+
+def _units(sidecar: Path) -> str | None:
+    try:
+        return json.loads(sidecar.read_text()).get("Units")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _table(path: Path) -> pd.DataFrame:
@@ -100,17 +109,32 @@ def _session_facts(dataset: Path, subject: str, session: str) -> dict:
     return facts
 
 
-def _labels_for(map_path: Path, labels: Path | None) -> np.ndarray:
+def _labels_for(map_path: Path, labels: Path | None) -> Path:
     """The label image for a map: ``labels`` if given, else a ``*_dseg`` image next to the map."""
-    if labels is None:
-        candidates = sorted(map_path.parent.glob(map_path.name.split("_")[0] + "*_dseg.nii*"))
-        if not candidates:
-            raise MetrologyError(f"{map_path.name}: no label image; give --labels or add a *_dseg.nii.gz beside it")
-        labels = candidates[0]
+    if labels is not None:
+        return labels
+    candidates = sorted(map_path.parent.glob(map_path.name.split("_")[0] + "*_dseg.nii*"))
+    if not candidates:
+        raise MetrologyError(f"{map_path.name}: no label image; give --labels or add a *_dseg.nii.gz beside it")
+    return candidates[0]
+
+
+def labels_on_grid(labels_path: Path, image: nib.Nifti1Image) -> np.ndarray:
+    """The label image in ``image``'s voxel order: the same grid stored with other axis order or
+    directions is reoriented (no interpolation); any other grid is an error."""
     try:
-        return np.asarray(nib.load(labels).dataobj).astype(np.int64)
-    except (OSError, ValueError) as error:
-        raise MetrologyError(f"{labels}: cannot read the label image: {error}") from None
+        labels = nib.load(labels_path)
+        data = np.asarray(labels.dataobj)
+    except (OSError, ValueError, EOFError) as error:
+        raise MetrologyError(f"{labels_path}: cannot read the label image: {error}") from None
+    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(labels.affine),
+                                                nib.orientations.io_orientation(image.affine))
+    data = nib.orientations.apply_orientation(data, transform)
+    affine = labels.affine @ nib.orientations.inv_ornt_aff(transform, labels.shape)
+    if data.shape[:3] != image.shape[:3] or not np.allclose(affine, image.affine, atol=1e-3):
+        raise MetrologyError(f"{labels_path}: not on the grid of {Path(image.get_filename()).name}; "
+                             "resample the label image to the maps first")
+    return data.astype(np.int64)
 
 
 def measure(dataset: Path, reference: str | Path = "nist-v1", labels: Path | None = None,
@@ -142,8 +166,9 @@ def measure(dataset: Path, reference: str | Path = "nist-v1", labels: Path | Non
                             "phantom_temperature column in sessions.tsv); reference values are for 20 C")
         if facts.get("phantom_serial") in (None, "", "n/a"):
             warnings.append(f"{where}: phantom serial number not recorded (phantom_serial column in sessions.tsv)")
-        data = np.asarray(nib.load(item.path).dataobj, dtype=np.float64)
-        regions = region_values(data, _labels_for(item.path, labels), ref)
+        image = nib.load(item.path)
+        data = np.asarray(image.dataobj, dtype=np.float64)
+        regions = region_values(data, labels_on_grid(_labels_for(item.path, labels), image), ref)
         table, line = accuracy(regions, ref, ranges.get(item.method.rsplit("_", 1)[-1]))
         table.insert(0, "method", item.method)
         table.insert(0, "site", facts["site"])
@@ -183,6 +208,9 @@ def _concat(tables: list[pd.DataFrame]) -> pd.DataFrame:
 
 def write_report(report: MetrologyReport, folder: Path) -> list[str]:
     """accuracy/repeatability/reproducibility TSVs and metrology.json, each written atomically."""
+    from qmrbids.qc.api import mark_report_folder
+
+    mark_report_folder(folder)
     written = []
     for name in ("accuracy", "repeatability", "reproducibility"):
         table: pd.DataFrame = getattr(report, name)
