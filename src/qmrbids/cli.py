@@ -478,6 +478,65 @@ def protocol_init(
               markup=False)
 
 
+@app.command()
+def run(
+    sources: Annotated[list[Path], typer.Argument(help="DICOM folders, files, .zip/.tar archives or .dcm.gz files.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="BIDS dataset folder to write.")],
+    config: Annotated[Path | None, typer.Option(help="Study config (YAML): labels, rules, metadata.")] = None,
+    protocol: Annotated[Path | None, typer.Option(help="Study protocol (YAML) for compliance checks.")] = None,
+    deidentify: Annotated[bool, typer.Option("--deidentify", help="De-identify on the way (needs --key-file).")] = False,
+    key_file: Annotated[Path | None, typer.Option(help="Secret key for --deidentify (kept outside the dataset).")] = None,
+    map_file: Annotated[Path | None, typer.Option("--map", help="PatientID -> research ID map (TSV) for --deidentify.")] = None,
+    jobs: Annotated[int | None, typer.Option(help="Parallel jobs (default: number of cores).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Phantom label image for metrology (found automatically for the digital phantom).")] = None,
+    reference: Annotated[str, typer.Option(help="Metrology reference: nist-v1, nist-v2 or a TSV.")] = "nist-v1",
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="Summary format.")] = OutputFormat.text,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """The whole job: convert, validate, fit, check quality (and measure phantoms); one summary."""
+    from qmrbids.convert import ConfigError, load_config
+    from qmrbids.pipeline import Progress, run_pipeline
+    from qmrbids.qc import ProtocolError, load_protocol
+
+    if jobs is not None and jobs < 1:
+        raise UsageFailure(f"--jobs must be at least 1, not {jobs}")
+    for source in sources:
+        if not source.exists():
+            raise UsageFailure(f"{source}: no such file or folder")
+    if output.exists() and not output.is_dir():
+        raise UsageFailure(f"{output}: exists and is not a folder")
+    options = _deidentify_options(deidentify, key_file, map_file, output)
+    try:
+        study = load_config(config)
+        study_protocol = load_protocol(protocol) if protocol else None
+    except (ConfigError, ProtocolError) as error:
+        raise UsageFailure(str(error)) from None
+    with _progress(quiet) as bar:
+        task = bar.add_task("starting", total=None)
+        hooks = Progress(stage=lambda name: bar.reset(task, description=name, total=None),
+                         total=lambda n: bar.update(task, total=n), step=lambda: bar.advance(task))
+        report = run_pipeline(sources, output, config=study, protocol=study_protocol, deidentify=options,
+                              map_path=map_file, jobs=jobs, labels=labels, reference=reference, progress=hooks)
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps({"bids_dir": str(report.bids_dir), "exit_code": report.exit_code,
+                               "report": str(report.report) if report.report else None,
+                               "stages": [vars(s) for s in report.stages]}, indent=2))
+    else:
+        table = Table(title=f"qmrbids run: {output}", box=box.SIMPLE)
+        for column in ("stage", "status", "result"):
+            table.add_column(column)
+        for stage in report.stages:
+            table.add_row(stage.name, stage.status, stage.summary)
+        Console(highlight=False).print(table)
+        for stage in report.stages:
+            for message in stage.messages[:10]:
+                err.print(f"qmrbids: {'error' if stage.status == 'errors' else 'note'}: {stage.name}: {message}",
+                          markup=False)
+        if report.report:
+            typer.echo(f"report: {report.report}")
+    raise typer.Exit(report.exit_code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app and turn every failure into one line and an exit code."""
     command = typer.main.get_command(app)

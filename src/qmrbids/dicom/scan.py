@@ -235,15 +235,16 @@ def header_row(source: Source) -> dict | None:
             data = read_bytes(source)
             if not _looks_like_dicom(data[:132]):
                 return None
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-            size = len(data)
+            stream = io.BytesIO(data)
+            ds = pydicom.dcmread(stream, stop_before_pixels=True)
+            size, pixel_element = len(data), _element_header(stream)
         else:
             with open(source.path, "rb") as handle:
                 if not _looks_like_dicom(handle.read(132)):
                     return None
                 handle.seek(0)
                 ds = pydicom.dcmread(handle, stop_before_pixels=True)
-                size = os.fstat(handle.fileno()).st_size
+                size, pixel_element = os.fstat(handle.fileno()).st_size, _element_header(handle)
         for keyword, tag in _TEXT_TAGS:
             row[keyword] = _text(_raw(ds, tag))
         for keyword, tag in _NUMBER_TAGS:
@@ -257,7 +258,7 @@ def header_row(source: Source) -> dict | None:
             _enhanced(ds, row)
         if not row["SeriesInstanceUID"]:
             row["error"] = f"{source.display}: no SeriesInstanceUID (0020,000E); not an image of a series"
-        elif (missing := _missing_pixel_bytes(ds, size)) > 0:
+        elif (missing := _missing_pixel_bytes(ds, size, pixel_element)) > 0:
             row["error"] = f"{source.display}: truncated: {missing} bytes of pixel data are missing"
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError,
             IndexError, OverflowError) as error:
@@ -265,11 +266,30 @@ def header_row(source: Source) -> dict | None:
     return row
 
 
-def _missing_pixel_bytes(ds, file_size: int) -> int:
-    """How many bytes of uncompressed pixel data the file lacks (0 when complete or compressed)."""
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
+
+
+def _element_header(handle) -> tuple[int, bytes]:
+    """Where the reader stopped (the Pixel Data element, when present) and the 12 bytes there."""
+    position = handle.tell()
+    return position, handle.read(12)
+
+
+def _missing_pixel_bytes(ds, file_size: int, pixel_element: tuple[int, bytes]) -> int:
+    """How many bytes of uncompressed pixel data the file lacks (0 when complete or compressed).
+
+    The Pixel Data element's own length is compared with what is left of the file; without a
+    readable element header, the bytes the image needs are compared with the whole file size.
+    """
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None and syntax.is_compressed:
         return 0
+    position, header = pixel_element
+    if header[:4] == _PIXEL_DATA_TAG and len(header) == 12:
+        explicit = header[4:6].isalpha() and header[4:6].isupper()
+        length = struct.unpack("<I", header[8:12] if explicit else header[4:8])[0]
+        if length != 0xFFFFFFFF:
+            return max(0, position + (12 if explicit else 8) + length - file_size)
     try:
         needed = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
                   * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated) // 8)

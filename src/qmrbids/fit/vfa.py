@@ -60,6 +60,7 @@ class VFAModel(Model):
         y -= my[:, None]
         sxx, sxy, syy = rowsum(x * x), rowsum(x * y), rowsum(y * y)
         slope = sxy / sxx
+        slope[(slope <= 0) | (slope >= 1)] = np.nan  # no T1 makes such a line: the voxel gets 0
         t1 = -self.tr / np.log(slope)
         m0 = (my - slope * mx) / (1.0 - slope)
         # R^2 of the DESPOT1 line (1 - SS_res / SS_tot in its own coordinates)
