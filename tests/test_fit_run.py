@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -66,8 +67,8 @@ CASES = [  # derivative map, truth map, scale truth -> map, documented range on 
     ("anat/sub-PHANTOM_desc-megre_T2starmap.nii.gz", "T2starmap", 1.0,
      lambda t: (t["T2star"] >= 0.003) & (t["T2star"] <= 0.108), False),
     ("anat/sub-PHANTOM_desc-mtsat_R1map.nii.gz", "R1", 1.0, lambda t: t["T1"] > 0, True),
-    ("dwi/sub-PHANTOM_run-1_model-ADC_param-ADC_dwimap.nii.gz", "ADCmap", 1.0, lambda t: t["T1"] > 0, False),
-    ("dwi/sub-PHANTOM_run-2_model-ADC_param-ADC_dwimap.nii.gz", "ADCmap", 1.0, lambda t: t["T1"] > 0, False),
+    ("dwi/sub-PHANTOM_run-1_desc-dwi_ADC.nii.gz", "ADCmap", 1.0, lambda t: t["T1"] > 0, False),
+    ("dwi/sub-PHANTOM_run-2_desc-dwi_ADC.nii.gz", "ADCmap", 1.0, lambda t: t["T1"] > 0, False),
 ]
 
 
@@ -111,6 +112,14 @@ def test_mp2rage_within_uni_quantisation(fitted):
 def test_derivative_passes_the_bids_validator(fitted):
     dataset, _, _ = fitted
     assert bids_validator_errors(dataset / "derivatives" / "qmrbids") == []
+    # and as part of its source dataset, validated recursively (bids-validator-deno -r)
+    run = subprocess.run([shutil.which("bids-validator-deno"), str(dataset), "-r", "--json"], capture_output=True,
+                         text=True, check=False)
+    assert run.returncode == 0, run.stdout[-2000:]
+    report = json.loads(run.stdout)
+    assert list(report["derivativesSummary"]) == ["/derivatives/qmrbids/"]  # the derivative was validated
+    for summary in [report, *report["derivativesSummary"].values()]:
+        assert [i for i in summary["issues"]["issues"] if i["severity"] == "error"] == []
 
 
 def test_provenance(fitted):
@@ -132,7 +141,7 @@ def test_provenance(fitted):
     ir = json.loads((out / SUB / "anat" / "sub-PHANTOM_desc-irt1_T1map.json").read_text())
     assert ir["VaryingAcquisitionParameters"]["InversionTime"] == [0.05, 0.4, 1.1, 2.5]
     assert ir["Sources"][0].endswith("inv-1_IRT1.nii.gz")
-    dwi = json.loads((out / SUB / "dwi" / "sub-PHANTOM_run-2_model-ADC_param-ADC_dwimap.json").read_text())
+    dwi = json.loads((out / SUB / "dwi" / "sub-PHANTOM_run-2_desc-dwi_ADC.json").read_text())
     assert dwi["Units"] == "mm2/s" and dwi["Sources"][1].endswith("run-2_dwi.bval")
     r2 = nib.load(str(out / SUB / "anat" / "sub-PHANTOM_desc-irt1Rsquared_T1map.nii.gz")).get_fdata()
     assert np.all(r2[r2 != 0] > 0.9999)  # quantised, noise-free data

@@ -625,11 +625,6 @@ if __name__ == "__main__":
 
 # ---- qmrbids fit ----
 
-class MaskChoice(str, Enum):
-    auto = "auto"
-    none = "none"
-
-
 @app.command()
 def fit(
     dataset: Annotated[Path, typer.Argument(help="BIDS dataset with qMRI collections.")],
@@ -638,7 +633,7 @@ def fit(
     session_label: Annotated[list[str] | None, typer.Option(help="Session label (repeatable).")] = None,
     jobs: Annotated[int, typer.Option(help="Local worker processes, one collection each.")] = 1,
     dask_scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address (tcp://host:port).")] = None,
-    mask: Annotated[str, typer.Option(help="auto (Otsu), none, or a NIfTI mask PATH.")] = "auto",
+    mask: Annotated[str, typer.Option(help="auto (foreground: brightest image > 10 % of its 99th percentile), none, or a NIfTI mask PATH.")] = "auto",
     b1: Annotated[str, typer.Option(help="auto: correct with the session's TB1map; none: no correction.")] = "auto",
     output_dir: Annotated[Path | None, typer.Option(help="Default DATASET/derivatives/qmrbids.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Refit maps that are up to date.")] = False,

@@ -19,7 +19,7 @@ class DWIModel(Model):
 
     name = "dwi"
     suffix = "dwi"
-    outputs = {"ADC": "mm2/s", "S0": "arbitrary"}
+    outputs = {"ADC": "mm2/s", "S0map": "arbitrary"}
     goodness = "Rsquared"
     reference = "Stejskal EO, Tanner JE. J Chem Phys 1965;42:288; Veraart J et al. NeuroImage 2013;81:335"
     algorithm = "iteratively reweighted log-linear least squares over all b-values (directions pooled)"
@@ -41,4 +41,4 @@ class DWIModel(Model):
 
     def fit_voxels(self, signals):
         s0, adc, r2 = weighted_loglinear(signals, self.b)
-        return {"ADC": adc, "S0": s0, "Rsquared": r2}
+        return {"ADC": adc, "S0map": s0, "Rsquared": r2}

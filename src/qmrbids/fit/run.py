@@ -285,15 +285,11 @@ def output_paths(collection: Collection, model: Model, output: Path) -> dict[str
     sub = output / f"sub-{collection.subject}"
     if collection.session:
         sub = sub / f"ses-{collection.session}"
-    if model.name == "dwi":  # BEP016 names: BIDS 1.x has no diffusion-model suffix yet (see .bidsignore)
-        folder = sub / "dwi"
-        names = {k: f"{_stem(collection)}_model-ADC_param-{k}_dwimap.nii.gz" for k in model.map_names}
-    else:
-        folder = sub / ("fmap" if model.name == "tb1dam" else "anat")
-        names = {k: f"{_stem(collection, model.name)}_{k}.nii.gz" for k in model.outputs}
-        if model.goodness:  # R^2 of the fit, named after the map it qualifies
-            first = next(iter(model.outputs))
-            names[model.goodness] = f"{_stem(collection, model.name + model.goodness)}_{first}.nii.gz"
+    folder = sub / {"tb1dam": "fmap", "dwi": "dwi"}.get(model.name, "anat")
+    names = {k: f"{_stem(collection, model.name)}_{k}.nii.gz" for k in model.outputs}
+    if model.goodness:  # R^2 of the fit, named after the map it qualifies
+        first = next(iter(model.outputs))
+        names[model.goodness] = f"{_stem(collection, model.name + model.goodness)}_{first}.nii.gz"
     return {k: folder / v for k, v in names.items()}
 
 
@@ -427,8 +423,6 @@ def write_dataset_description(output: Path, dataset: Path) -> None:
         "DatasetLinks": {"raw": raw},
     }
     atomic_write_text(output / "dataset_description.json", json.dumps(description, indent=2) + "\n")
-    atomic_write_text(output / ".bidsignore", "# diffusion model maps named as in BEP016 (no BIDS 1.x suffix yet)\n"
-                                              "*_dwimap.nii.gz\n*_dwimap.json\n")
     readme = output / "README.md"
     if not readme.exists():
         atomic_write_text(readme, "Quantitative MRI maps fitted by qmrbids (`qmrbids fit`); each map's sidecar "
