@@ -425,7 +425,8 @@ def subject_context(ds: DatasetContext, sub: str) -> dict:
     return hit
 
 
-def unused_sidecars(ds: DatasetContext, prepared: PreparedSchema, folder: Folder) -> list[Issue]:
+def unused_sidecars(prepared: PreparedSchema, folder: Folder) -> list[Issue]:
+    """JSON files no data file inherits from (SIDECAR_WITHOUT_DATAFILE), as upstream."""
     out = []
     for file in folder.files.values():
         if not file.ignored and not file.viewed and file.name.endswith(".json") and file.name not in STANDALONE_JSON:
@@ -434,5 +435,5 @@ def unused_sidecars(ds: DatasetContext, prepared: PreparedSchema, folder: Folder
         _, suffix, extension, ents = read_entities(sub.name)
         pseudo = bool(suffix) and bool(ents) and f"{extension}/" in prepared.pseudo_extensions
         if not sub.ignored and not pseudo and sub.path.rstrip("/") not in prepared.opaque_dirs:
-            out.extend(unused_sidecars(ds, prepared, sub))
+            out.extend(unused_sidecars(prepared, sub))
     return out
