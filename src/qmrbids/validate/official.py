@@ -410,8 +410,8 @@ def load_context(ctx: FileContext, prepared: PreparedSchema, read_headers: bool)
 
 
 def subject_context(ds: DatasetContext, sub: str) -> dict:
-    cache = ds.subjects.setdefault("_by_subject", {})
-    hit = cache.get(sub)
+    """``subject`` of the expressions: the subject's session folders and sessions.tsv (built once)."""
+    hit = ds.subject_cache.get(sub)
     if hit is None:
         folder = ds.tree.folders.get(f"sub-{sub}")
         sessions: dict = {"ses_dirs": sorted(n for n in (folder.folders if folder else {}) if n.startswith("ses-"))}
@@ -421,7 +421,7 @@ def subject_context(ds: DatasetContext, sub: str) -> dict:
                 sessions["session_id"] = ds.reader.tsv(table).get("session_id")
             except LoadError:
                 pass
-        hit = cache[sub] = {"sessions": sessions}
+        hit = ds.subject_cache[sub] = {"sessions": sessions}
     return hit
 
 
