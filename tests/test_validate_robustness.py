@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qmrbids.validate import Options, validate_dataset
+from qmrbids.validate.index import IgnoreRules
 
 DESCRIPTION = b'{"Name": "fuzz", "BIDSVersion": "1.11.0"}'
 NAMES = st.sampled_from(["sub-01_T1w", "sub-01_flip-1_VFA", "participants", "sub-01_scans", "dataset_description",
@@ -108,3 +109,23 @@ def test_unreadable_files_and_folders(tmp_path):
         (tmp_path / "sub-01" / "fmap").chmod(0o755)
     assert ("FILE_READ", "/sub-01/anat/sub-01_T1w.json") in found
     assert ("FILE_READ", "/sub-01/fmap/") in found
+
+
+@pytest.mark.parametrize("path, is_dir, ignored", [
+    ("notes.txt", False, True), ("keep.txt", False, False), ("sub-01/anat/x.txt", False, True),
+    ("extra", True, True), ("sub-01/extra", True, False),           # "/extra/": the root folder only
+    ("extra", False, False),                                        # a "dir/" pattern matches folders
+    ("sub-01/junk", True, True), ("sub-01/anat/junk", True, False),  # a middle slash anchors at the root
+    ("a/b/tmp", False, True), ("tmp", False, True), (".git", True, True),
+    ("docs", True, True), ("sub-01/docs", False, True),             # no slash: any level
+])
+def test_bidsignore_patterns(path, is_dir, ignored):
+    rules = IgnoreRules([".*", "*.txt", "/extra/", "sub-*/junk/", "**/tmp", "!keep.txt", "docs"])
+    assert rules.ignores(path, is_dir) is ignored
+
+
+def test_special_files_are_issues(tmp_path):
+    _write(tmp_path, [])
+    os.mkfifo(tmp_path / "sub-01_T1w.nii")
+    found = {(i.code, i.path) for i in validate_dataset(tmp_path).issues}
+    assert ("FILE_READ", "/sub-01_T1w.nii") in found

@@ -143,6 +143,7 @@ class DatasetContext:
     validated_keys: set = field(default_factory=set)
     rule_cache: dict = field(default_factory=dict)   # (rule set, kind of file) -> selection plan
     association_cache: dict = field(default_factory=dict)
+    subject_cache: dict = field(default_factory=dict)
     _value: dict | None = None
 
     def value(self) -> dict:

@@ -163,8 +163,7 @@ def validate_dataset(path: Path, options: Options | None = None, _label: str = "
             if ctx.extension in qmri.NIFTI and ctx.suffix:
                 ctx.release()   # collection rules read only the name and the sidecar
                 nifti.append(ctx)
-    subjects.pop("_by_subject", None)
-    issues.extend(unused_sidecars(ds, prepared, tree))
+    issues.extend(unused_sidecars(prepared, tree))
 
     qmri_version = None
     if extension is not None:

@@ -471,12 +471,14 @@ def key_function(reads: tuple):
         for root, fields, present in groups:
             value = ctx.lookup(root)
             if isinstance(value, dict):
-                get = value.get
-                for name in fields:
-                    v = get(name)
-                    out.append(v if v is None or v.__class__ is str else freeze(v))
-                for name in present:
-                    out.append(name in value)
+                values = tuple(map(value.get, fields))
+                try:
+                    hash(values)
+                    out.append(values)
+                    out.append(tuple(map(type, values)))   # keeps 1, 1.0 and true apart
+                except TypeError:                           # lists or objects among the values
+                    out.append(tuple(freeze(v) for v in values))
+                out.append(tuple(map(value.__contains__, present)))
             else:
                 out.append(("x", freeze(value)))
         return tuple(out)

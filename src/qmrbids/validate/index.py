@@ -71,8 +71,9 @@ class IgnoreRules:
             if negate:
                 line = line[1:]
             dir_only = line.endswith("/")
-            line = line.strip("/") if line.startswith("/") or "/" in line.rstrip("/") else line.rstrip("/")
-            anchored = "/" in line
+            line = line.rstrip("/")
+            anchored = "/" in line          # a slash at the start or in the middle anchors at the root
+            line = line.lstrip("/")
             self.rules.append((re.compile(self._regex(line, anchored)), negate, dir_only))
 
     @staticmethod

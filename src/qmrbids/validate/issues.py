@@ -26,7 +26,7 @@ class Issue(NamedTuple):
     dataset: str = ""    # "" for the validated dataset, "derivatives/<name>" for nested ones
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self._asdict().items() if v not in ("", None)}
+        return {k: v for k, v in zip(self._fields, self) if v != "" and v is not None}
 
 
 @cache

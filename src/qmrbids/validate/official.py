@@ -410,8 +410,8 @@ def load_context(ctx: FileContext, prepared: PreparedSchema, read_headers: bool)
 
 
 def subject_context(ds: DatasetContext, sub: str) -> dict:
-    cache = ds.subjects.setdefault("_by_subject", {})
-    hit = cache.get(sub)
+    """``subject`` of the expressions: the subject's session folders and sessions.tsv (built once)."""
+    hit = ds.subject_cache.get(sub)
     if hit is None:
         folder = ds.tree.folders.get(f"sub-{sub}")
         sessions: dict = {"ses_dirs": sorted(n for n in (folder.folders if folder else {}) if n.startswith("ses-"))}
@@ -421,11 +421,12 @@ def subject_context(ds: DatasetContext, sub: str) -> dict:
                 sessions["session_id"] = ds.reader.tsv(table).get("session_id")
             except LoadError:
                 pass
-        hit = cache[sub] = {"sessions": sessions}
+        hit = ds.subject_cache[sub] = {"sessions": sessions}
     return hit
 
 
-def unused_sidecars(ds: DatasetContext, prepared: PreparedSchema, folder: Folder) -> list[Issue]:
+def unused_sidecars(prepared: PreparedSchema, folder: Folder) -> list[Issue]:
+    """JSON files no data file inherits from (SIDECAR_WITHOUT_DATAFILE), as upstream."""
     out = []
     for file in folder.files.values():
         if not file.ignored and not file.viewed and file.name.endswith(".json") and file.name not in STANDALONE_JSON:
@@ -434,5 +435,5 @@ def unused_sidecars(ds: DatasetContext, prepared: PreparedSchema, folder: Folder
         _, suffix, extension, ents = read_entities(sub.name)
         pseudo = bool(suffix) and bool(ents) and f"{extension}/" in prepared.pseudo_extensions
         if not sub.ignored and not pseudo and sub.path.rstrip("/") not in prepared.opaque_dirs:
-            out.extend(unused_sidecars(ds, prepared, sub))
+            out.extend(unused_sidecars(prepared, sub))
     return out

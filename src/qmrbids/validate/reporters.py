@@ -41,8 +41,10 @@ def write_json(report: Report, out: TextIO) -> None:
         "summary": summary,
     }, indent=2)
     out.write(head[:-2] + ',\n  "issues": [')
-    for n, issue in enumerate(issues):
-        out.write(("\n    " if n == 0 else ",\n    ") + json.dumps(issue.to_dict()))
+    chunk = 4096   # one json.dumps per chunk: fast, and memory stays bounded
+    for start in range(0, len(issues), chunk):
+        text = json.dumps([i.to_dict() for i in issues[start:start + chunk]])
+        out.write(("\n    " if start == 0 else ",\n    ") + text[1:-1])
     out.write("\n  ]\n}\n" if issues else "]\n}\n")
 
 
