@@ -378,3 +378,26 @@ def test_check_finds_identifiers_in_a_bids_dataset(planted, tmp_path):
     assert {(flip9, "NIfTI descrip", "acquisition time or date"), (flip9, "gzip header", "carries a file name (FNAME)"),
             (flip9, "gzip header", "carries a modification time (MTIME)")} <= found
     assert ("20190314", "name", "real-looking date in a name") in found
+
+
+def test_deidentified_scans_tables_carry_shifted_acquisition_times(tmp_path):
+    write_phantom(tmp_path / "ph", PhantomSettings(protocols=("vfa",), matrix=16, slices=2, patient_id="P1"))
+    fa03 = [pydicom.dcmread(p) for p in next((tmp_path / "ph" / "dicom").glob("*_vfa_fa03")).iterdir()]
+    first = min(fa03, key=lambda ds: str(ds.AcquisitionTime))  # flip-1: the first row of the table
+    plain = convert([tmp_path / "ph" / "dicom"], tmp_path / "plain", jobs=1)
+    assert plain.exit_code == 0
+    (plain_scans,) = (tmp_path / "plain").rglob("*_scans.tsv")
+    assert plain_scans.read_text().splitlines()[0] == "filename"  # a real date identifies the scan: left out
+    assert convert([tmp_path / "ph" / "dicom"], tmp_path / "deid", deidentify=Options(KEY), jobs=1).exit_code == 0
+    (scans,) = (tmp_path / "deid").rglob("*_scans.tsv")
+    rows = [line.split("\t") for line in scans.read_text().splitlines()]
+    assert rows[0] == ["filename", "acq_time"] and len(rows) == 4
+    shifted = rows[1][1]
+    days = (np.datetime64(shifted[:10]) - np.datetime64(f"{first.SeriesDate[:4]}-{first.SeriesDate[4:6]}-"
+                                                       f"{first.SeriesDate[6:8]}")).astype(int)
+    assert -SHIFT_BASE_DAYS - 3660 < days <= -SHIFT_BASE_DAYS and int(shifted[:4]) < 1925
+    clock = str(first.AcquisitionTime)
+    assert shifted[11:] == f"{clock[:2]}:{clock[2:4]}:{clock[4:6]}"
+    assert check([tmp_path / "deid"]).findings == []
+    again = convert([tmp_path / "ph" / "dicom"], tmp_path / "deid", deidentify=Options(KEY), jobs=1)
+    assert {s.status for s in again.series} == {"up-to-date"} and scans.read_text().count("\t") == 4

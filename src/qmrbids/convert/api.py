@@ -125,14 +125,18 @@ def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = No
             premade = bulk.outputs(p.uid) if bulk else None
             return convert_series(p, bids_dir, staging, config, key, versions, overwrite, premade, deidentify)
 
+        acq_times = {}
         for result in map_unordered(work, todo, jobs):
+            if result.acq_time:
+                acq_times.update({f: result.acq_time for f in result.written if f.endswith(".nii.gz")})
             entry = entries[result.uid]
             entry.status = result.status
             entry.reason = result.message
             entry.warnings = result.warnings
             if on_series:
                 on_series(result)
-    report.stubs_written = write_dataset_files(bids_dir, config, versions["dcm2niix"], date.today().isoformat())
+    report.stubs_written = write_dataset_files(bids_dir, config, versions["dcm2niix"], date.today().isoformat(),
+                                               acq_times)
     return report
 
 

@@ -47,8 +47,12 @@ def _write_json_once(path: Path, content: dict) -> None:
         atomic_write_text(path, text)
 
 
-def write_dataset_files(bids_dir: Path, config: StudyConfig, dcm2niix_version: str, date: str) -> list[str]:
+def write_dataset_files(bids_dir: Path, config: StudyConfig, dcm2niix_version: str, date: str,
+                        acq_times: dict[str, str] | None = None) -> list[str]:
     """Create or update the dataset-level files from what the dataset holds now.
+
+    ``acq_times`` (dataset-relative NIfTI path -> acq_time) fill the scans tables' acq_time column
+    for newly converted files; values already in a scans table are kept.
 
     Returns the README/CHANGES stubs written this time, which the user should now edit.
     """
@@ -97,5 +101,15 @@ def write_dataset_files(bids_dir: Path, config: StudyConfig, dcm2niix_version: s
             prefix = "_".join([subject, *([level.name] if level != folder else [])])
             files = sorted(p.relative_to(level).as_posix() for p in level.glob("*/*.nii.gz"))
             if files:
-                _write_tsv(level / f"{prefix}_scans.tsv", [{"filename": f} for f in files], ["filename"])
+                scans = level / f"{prefix}_scans.tsv"
+                known = {r["filename"]: r for r in _read_tsv(scans)}
+                rows = []
+                for name in files:
+                    row = dict(known.get(name, {"filename": name}))
+                    path = (level / name).relative_to(bids_dir).as_posix()
+                    if (acq_times or {}).get(path):
+                        row["acq_time"] = acq_times[path]
+                    rows.append(row)
+                columns = ["filename", *sorted({c for r in rows for c in r} - {"filename"})]
+                _write_tsv(scans, rows, columns)
     return stubs

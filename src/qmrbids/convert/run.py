@@ -11,7 +11,7 @@ import re
 import secrets
 import subprocess
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import dcm2niix
@@ -21,7 +21,7 @@ from qmrbids.convert.config import StudyConfig
 from qmrbids.convert.nifti import compress_clean
 from qmrbids.convert.plan import Output, PlannedSeries
 from qmrbids.convert.sidecars import PROVENANCE_KEY, derive_fields, scrub, series_hmac, sha256_file
-from qmrbids.dicom.deidentify import Options, Refused, deidentify_bytes
+from qmrbids.dicom.deidentify import Options, Refused, deidentify_bytes, shift_days
 from qmrbids.dicom.scan import Source, read_bytes
 from qmrbids.io import atomic_write_bytes, atomic_write_text, staging_dir
 from qmrbids.schema import required_sidecar_fields
@@ -40,6 +40,7 @@ class SeriesResult:
     message: str = ""
     written: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    acq_time: str = ""  # scans.tsv acq_time (de-identified conversions only: the date is shifted)
 
 
 def dcm2niix_version() -> str:
@@ -206,11 +207,26 @@ def convert_series(planned: PlannedSeries, bids_dir: Path, staging: Path, config
                 staged.append((target, made, meta))
             for target, made, meta in staged:
                 result.written.extend(_place(target, made, meta, bids_dir))
+            if deidentify is not None:
+                result.acq_time = shifted_acq_time(planned.series, deidentify)
             return result
     except Refused as reason:
         return SeriesResult(uid, "failed", f"{planned.label}: not de-identified: {reason}")
     except (OSError, ValueError) as error:
         return SeriesResult(uid, "failed", f"{planned.label}: {error}")
+
+
+def shifted_acq_time(series: dict, deidentify: Options) -> str:
+    """``YYYY-MM-DDThh:mm:ss`` of the series with the subject's date shift ('' without dates).
+
+    Plain conversions leave acq_time out: a real acquisition date identifies the scan.
+    """
+    days = shift_days(str(series.get("PatientID") or "").strip(), deidentify)
+    day, clock = str(series.get("SeriesDate") or ""), str(series.get("AcquisitionTime") or "").replace(":", "")
+    if days is None or len(day) < 8 or len(clock) < 6 or not (day[:8] + clock[:6]).isdigit():
+        return ""
+    moved = (date(int(day[:4]), int(day[4:6]), int(day[6:8])) + timedelta(days=days)).isoformat()
+    return f"{moved}T{clock[:2]}:{clock[2:4]}:{clock[4:6]}"
 
 
 def _sidecar(planned: PlannedSeries, target: Output, made: dict, first_file, config: StudyConfig):

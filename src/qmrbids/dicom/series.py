@@ -81,6 +81,8 @@ def series_table(files: pd.DataFrame) -> pd.DataFrame:
             "SeriesDescription": first["SeriesDescription"],
             "ProtocolName": first["ProtocolName"],
             "SeriesTime": first["SeriesTime"],
+            "SeriesDate": first["SeriesDate"] or first["StudyDate"],
+            "AcquisitionTime": min((t for t in group["AcquisitionTime"].dropna() if t), default=first["SeriesTime"]),
             "Modality": first["Modality"],
             "Manufacturer": first["Manufacturer"],
             "ManufacturerModelName": first["ManufacturerModelName"],
