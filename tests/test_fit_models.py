@@ -129,13 +129,28 @@ def test_megre(snr):
 
 
 @pytest.mark.parametrize("snr", [0, 50])
-def test_dwi(snr):
+@pytest.mark.parametrize("b", [[0, 500, 500, 500, 1000, 1000, 1000, 2000, 2000, 2000], [0] + [1000] * 6],
+                         ids=["multi-shell", "two-shell"])
+def test_dwi(snr, b):
     n = 2000 if snr == 0 else N_NOISY
-    b = np.array([0, 500, 500, 500, 1000, 1000, 1000, 2000, 2000, 2000], dtype=float)
-    adc = ramp(1e-4, 2e-3, n)
+    b = np.array(b, dtype=float)
+    adc = ramp(1e-4, 2e-3, n) if b.max() == 2000 else ramp(1e-4, 4e-3, n)
     s = np.stack([sg.dwi(np.ones(n), np.ones(n), np.full(n, 0.1), adc, 4.0, 0.06, x) for x in b], axis=-1)
     fit = DWIModel(b).fit(noisy(s, snr))
     check(fit.ADC, adc, snr, 1e-4, 0.15)
+    check(fit.S0map, sg.mese(1.0, 1.0, 0.1, 4.0, 0.06), snr, 1e-4, 0.15)
+
+
+def test_two_shell_closed_form_is_where_the_reweighted_fit_ends():
+    from qmrbids.fit.loglinear import weighted_loglinear
+
+    b = np.array([0.0, 1000, 1000, 1000])
+    rng = np.random.default_rng(1)
+    s = np.exp(-b * rng.uniform(3e-4, 3e-3, (500, 1))) * rng.uniform(0.9, 1.1, (500, 4))
+    fit = DWIModel(b).fit(s)
+    s0, adc, _ = weighted_loglinear(s, b)
+    np.testing.assert_allclose(fit.ADC, adc, rtol=1e-5)
+    np.testing.assert_allclose(fit.S0map, s0, rtol=1e-5)
 
 
 @pytest.mark.parametrize("snr", [0, 50])

@@ -7,6 +7,11 @@ import numpy as np
 from qmrbids.fit.base import rowsum
 
 
+def log_signal(signals: np.ndarray) -> np.ndarray:
+    """log S, evaluated in single precision (5x faster; its 1e-7 relative error is far below 1e-4)."""
+    return np.log(np.maximum(signals, np.finfo(np.float32).tiny).astype(np.float32)).astype(np.float64)
+
+
 def weighted_loglinear(signals: np.ndarray, x: np.ndarray):
     """(S0, R, weighted R^2 of the log-linear fit) of each row, by reweighted log-linear LS.
 
@@ -15,8 +20,7 @@ def weighted_loglinear(signals: np.ndarray, x: np.ndarray):
     floor from pulling the fit (Veraart et al. NeuroImage 2013;81:335).
     """
     x = np.asarray(x, dtype=np.float64)
-    # log and exp in single precision (5x faster; their 1e-7 relative error is far below 1e-4)
-    logs = np.log(np.maximum(signals, np.finfo(np.float32).tiny).astype(np.float32)).astype(np.float64)
+    logs = log_signal(signals)
     w = signals * signals
     for final in (False, True):
         sw = rowsum(w)
@@ -29,6 +33,6 @@ def weighted_loglinear(signals: np.ndarray, x: np.ndarray):
         slope = sxy / sxx
         intercept = my - slope * mx
         if not final:
-            w = np.exp((2.0 * (intercept[:, None] + slope[:, None] * x)).astype(np.float32)).astype(np.float64)
+            w = np.exp((2.0 * (intercept[:, None] + slope[:, None] * x)).astype(np.float32)).astype(np.float64)  # fast
     syy = rowsum(w * dy * dy)
     return np.exp(intercept), -slope, sxy * sxy / (sxx * syy)
