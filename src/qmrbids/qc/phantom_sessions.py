@@ -171,6 +171,8 @@ def measure(dataset: Path, reference: str | Path = "nist-v1", labels: Path | Non
         regions = region_values(data, labels_on_grid(_labels_for(item.path, labels), image), ref)
         table, line = accuracy(regions, ref, ranges.get(item.method.rsplit("_", 1)[-1]))
         table.insert(0, "method", item.method)
+        table.insert(0, "phantom_serial", facts.get("phantom_serial") or "n/a")
+        table.insert(0, "temperature_c", temperature if temperature not in (None, "") else "n/a")
         table.insert(0, "site", facts["site"])
         table.insert(0, "session", item.session or "n/a")
         table.insert(0, "subject", item.subject)
