@@ -43,7 +43,7 @@ def compress_clean(path: Path) -> Path:
     _field(data, DESCRIP, clean_descrip(descrip))
     _field(data, AUX_FILE, "")
     _field(data, DB_NAME, "")
-    body = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = zlib.compressobj(1, zlib.DEFLATED, -15)  # as small as dcm2niix's own gzip, 2-3x faster than level 6
     deflated = body.compress(bytes(data)) + body.flush()
     # gzip header with no FNAME, no comment and MTIME 0; OS 255 (unknown), as dcm2niix writes
     out = (b"\x1f\x8b\x08\x00" + b"\0\0\0\0" + b"\x00\xff" + deflated
