@@ -175,10 +175,9 @@ def check_filename(ctx: FileContext, prepared: PreparedSchema, dataset_type: str
             issues.append(make("ENTITY_WITH_NO_LABEL", ctx.path, f"Entities without label: {', '.join(unlabeled)}.",
                                key=unlabeled[0]))
     for key, label in ctx.entities.items():
-        pattern = prepared.entity_pattern.get(key)
-        if pattern is not None and not pattern.match(label):
-            issues.append(make("INVALID_ENTITY_LABEL", ctx.path, f"{key}-{label} does not match {pattern.pattern}.",
-                               key=key))
+        if not prepared.label_ok(key, label):
+            issues.append(make("INVALID_ENTITY_LABEL", ctx.path,
+                               f"{key}-{label} does not match {prepared.entity_pattern[key].pattern}.", key=key))
     if len(rules) == 1:
         issues.extend(_rule_issues(ctx, prepared, rules[0]))
     elif rules:
