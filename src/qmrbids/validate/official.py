@@ -12,7 +12,6 @@ import re
 
 from qmrbids.validate.context import (DatasetContext, FileContext, LoadError, load_associations,
                                       load_nifti_header, load_sidecar, read_entities)
-from qmrbids.validate.expressions import truthy
 from qmrbids.validate.index import File, Folder
 from qmrbids.validate.issues import Issue, make
 from qmrbids.validate.schema_rules import PreparedSchema
@@ -373,7 +372,7 @@ def apply_rules(ctx: FileContext, prepared: PreparedSchema) -> None:
     issues = ctx.ds.issues
     for rule in prepared.rules.select(ctx, ctx.ds.rule_cache):
         spec = rule.spec
-        if rule.checks and not all(truthy(c(ctx)) for c in rule.checks):
+        if "checks" in spec and not rule.checks_pass(ctx, ctx.ds.rule_cache):
             issue = spec.get("issue") or {}
             if issue.get("code") and issue.get("message"):
                 issues.append(Issue(issue["code"], issue.get("level", "error"), ctx.path,
