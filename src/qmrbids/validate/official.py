@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from qmrbids.validate.context import (DatasetContext, FileContext, LoadError, load_associations,
                                       load_nifti_header, load_sidecar, read_entities)
+from qmrbids.validate.expressions import freeze
 from qmrbids.validate.index import File, Folder
 from qmrbids.validate.issues import Issue, make
 from qmrbids.validate.schema_rules import PreparedSchema
@@ -216,7 +217,8 @@ class _FieldPlan:
 
     names: frozenset                 # JSON names of the fields
     fields: list                     # (schema key, JSON name, requirement) in rule order
-    missing: dict                    # frozenset of present names -> [(code, level, name, message)]
+    addenda: tuple                   # sidecar keys whose value can change a level (level_addendum)
+    missing: dict                    # (present names, addenda values) -> [(code, level, name, message)]
 
 
 def _field_plan(rule, prepared: PreparedSchema) -> _FieldPlan:
@@ -224,21 +226,25 @@ def _field_plan(rule, prepared: PreparedSchema) -> _FieldPlan:
     if plan is None:
         metadata = prepared.schema["objects"]["metadata"]
         fields = [(key, metadata[key]["name"], req) for key, req in rule.spec["fields"].items()]
-        plan = prepared.field_plans[rule] = _FieldPlan(frozenset(n for _, n, _ in fields), fields, {})
+        addenda = tuple(sorted({m.group(2) for _, _, req in fields if isinstance(req, dict)
+                                for m in [_ADDENDUM.search(req.get("level_addendum") or "")] if m}))
+        plan = prepared.field_plans[rule] = _FieldPlan(frozenset(n for _, n, _ in fields), fields, addenda, {})
     return plan
 
 
+_MESSAGES: dict = {}
+
+
 def _missing_issues(rule, plan: _FieldPlan, present: frozenset, ctx: FileContext) -> list:
-    """(code, level, name, message) for each absent field; cached per set of present names
-    unless a level depends on another field's value (``level_addendum``)."""
-    cached = plan.missing.get(present)
+    """(code, level, name, message) for each absent field, cached per set of present names."""
+    key = (present, tuple(freeze(ctx.sidecar.get(n)) for n in plan.addenda)) if plan.addenda else present
+    cached = plan.missing.get(key)
     if cached is not None:
         return cached
-    out, depends = [], False
+    out = []
     for _, name, requirement in plan.fields:
         if name in present:
             continue
-        depends = depends or (isinstance(requirement, dict) and bool(requirement.get("level_addendum")))
         level = _field_level(requirement, ctx)
         if level == "ignore":
             continue
@@ -249,9 +255,10 @@ def _missing_issues(rule, plan: _FieldPlan, present: frozenset, ctx: FileContext
             kind = "SIDECAR_KEY" if rule.is_sidecar else "JSON_KEY"
             word = "required" if level == "error" else "recommended"
             where = "the sidecar (or one it inherits from)" if rule.is_sidecar else "this file"
-            out.append((f"{kind}_{word.upper()}", level, name, f"{name} is {word}; add it to {where}."))
-    if not depends and len(plan.missing) < 4096:
-        plan.missing[present] = out
+            text = f"{name} is {word}; add it to {where}."
+            out.append((f"{kind}_{word.upper()}", level, name, _MESSAGES.setdefault(text, text)))
+    if len(plan.missing) < 4096:
+        plan.missing[key] = out
     return out
 
 
