@@ -75,24 +75,14 @@ def _apply_config(issues: list[Issue], options: Options) -> list[Issue]:
     general = [(level, rule) for level, rule in entries if set(rule) != {"code"}]
     out = []
     for issue in issues:
-        if issue.code in options.ignore_codes:
-            continue
         level = by_code.get(issue.code, issue.level)
         for new_level, rule in general:
             if (("code" not in rule or rule["code"] == issue.code)
                     and ("location" not in rule or fnmatch.fnmatch(issue.path, rule["location"]))):
                 level = new_level
-        if level != "ignore":
-            out.append(issue if level == issue.level else issue._replace(level=level))
-    return out
-
-
-def _dedupe(issues: list[Issue]) -> list[Issue]:
-    seen, out = set(), []
-    for issue in issues:
-        if issue not in seen:
-            seen.add(issue)
-            out.append(issue)
+        if level == "ignore" or issue.code in options.ignore_codes:
+            continue
+        out.append(issue if level == issue.level else issue._replace(level=level))
     return out
 
 
@@ -170,7 +160,8 @@ def validate_dataset(path: Path, options: Options | None = None, _label: str = "
         qmri_version = extension.version
         issues.extend(qmri.apply_dataset(extension, nifti, derivatives, root))
 
-    report = Report(_label, _dedupe(_apply_config(issues, options)), prepared.bids_version,
+    unique = list(dict.fromkeys(_apply_config(issues, options)))  # drop repeated issues, keep order
+    report = Report(_label, unique, prepared.bids_version,
                     prepared.schema_version, qmri_version, index.file_count)
     if options.recursive:
         for folder in nested_roots:

@@ -9,10 +9,11 @@ Dataset-level: missing dataset_description, sidecars no data file uses.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from qmrbids.validate.context import (DatasetContext, FileContext, LoadError, load_associations,
                                       load_nifti_header, load_sidecar, read_entities)
-from qmrbids.validate.expressions import truthy
+from qmrbids.validate.expressions import freeze
 from qmrbids.validate.index import File, Folder
 from qmrbids.validate.issues import Issue, make
 from qmrbids.validate.schema_rules import PreparedSchema
@@ -175,10 +176,9 @@ def check_filename(ctx: FileContext, prepared: PreparedSchema, dataset_type: str
             issues.append(make("ENTITY_WITH_NO_LABEL", ctx.path, f"Entities without label: {', '.join(unlabeled)}.",
                                key=unlabeled[0]))
     for key, label in ctx.entities.items():
-        pattern = prepared.entity_pattern.get(key)
-        if pattern is not None and not pattern.match(label):
-            issues.append(make("INVALID_ENTITY_LABEL", ctx.path, f"{key}-{label} does not match {pattern.pattern}.",
-                               key=key))
+        if not prepared.label_ok(key, label):
+            issues.append(make("INVALID_ENTITY_LABEL", ctx.path,
+                               f"{key}-{label} does not match {prepared.entity_pattern[key].pattern}.", key=key))
     if len(rules) == 1:
         issues.extend(_rule_issues(ctx, prepared, rules[0]))
     elif rules:
@@ -211,63 +211,80 @@ def _field_level(requirement, ctx: FileContext) -> str:
     return level
 
 
-_MISSING_MESSAGES: dict = {}
+@dataclass(eq=False)
+class _FieldPlan:
+    """A ``fields`` rule prepared once: which JSON names it reads and the issues their absence gives."""
+
+    names: frozenset                 # JSON names of the fields
+    fields: list                     # (schema key, JSON name, requirement) in rule order
+    addenda: tuple                   # sidecar keys whose value can change a level (level_addendum)
+    missing: dict                    # (present names, addenda values) -> [(code, level, name, message)]
 
 
-def _missing_message(name: str, level: str, sidecar: bool) -> str:
-    key = (name, level, sidecar)
-    text = _MISSING_MESSAGES.get(key)
-    if text is None:
-        where = "the sidecar (or one it inherits from)" if sidecar else "this file"
-        text = _MISSING_MESSAGES[key] = f"{name} is {'required' if level == 'error' else 'recommended'}; add it to {where}."
-    return text
-
-
-def _field_plan(rule, prepared: PreparedSchema) -> list:
-    """(schema key, JSON name, level if fixed else None, requirement, custom issue) per field, built once."""
+def _field_plan(rule, prepared: PreparedSchema) -> _FieldPlan:
     plan = prepared.field_plans.get(rule)
     if plan is None:
         metadata = prepared.schema["objects"]["metadata"]
-        plan = []
-        for key, requirement in rule.spec["fields"].items():
-            fixed = None if isinstance(requirement, dict) and requirement.get("level_addendum") else \
-                LEVEL.get(requirement if isinstance(requirement, str) else requirement.get("level", ""), "ignore")
-            custom = requirement.get("issue") if isinstance(requirement, dict) else None
-            if not (custom and custom.get("code") and custom.get("message")):
-                custom = None
-            plan.append((key, metadata[key]["name"], fixed, requirement, custom))
-        prepared.field_plans[rule] = plan
+        fields = [(key, metadata[key]["name"], req) for key, req in rule.spec["fields"].items()]
+        addenda = tuple(sorted({m.group(2) for _, _, req in fields if isinstance(req, dict)
+                                for m in [_ADDENDUM.search(req.get("level_addendum") or "")] if m}))
+        plan = prepared.field_plans[rule] = _FieldPlan(frozenset(n for _, n, _ in fields), fields, addenda, {})
     return plan
+
+
+_MESSAGES: dict = {}
+
+
+def _missing_issues(rule, plan: _FieldPlan, present: frozenset, ctx: FileContext) -> list:
+    """(code, level, name, message) for each absent field, cached per set of present names."""
+    key = (present, tuple(freeze(ctx.sidecar.get(n)) for n in plan.addenda)) if plan.addenda else present
+    cached = plan.missing.get(key)
+    if cached is not None:
+        return cached
+    out = []
+    for _, name, requirement in plan.fields:
+        if name in present:
+            continue
+        level = _field_level(requirement, ctx)
+        if level == "ignore":
+            continue
+        custom = requirement.get("issue") if isinstance(requirement, dict) else None
+        if custom and custom.get("code") and custom.get("message"):
+            out.append((custom["code"], level, name, " ".join(custom["message"].split())))
+        else:
+            kind = "SIDECAR_KEY" if rule.is_sidecar else "JSON_KEY"
+            word = "required" if level == "error" else "recommended"
+            where = "the sidecar (or one it inherits from)" if rule.is_sidecar else "this file"
+            text = f"{name} is {word}; add it to {where}."
+            out.append((f"{kind}_{word.upper()}", level, name, _MESSAGES.setdefault(text, text)))
+    if len(plan.missing) < 4096:
+        plan.missing[key] = out
+    return out
 
 
 def eval_fields(rule, ctx: FileContext, prepared: PreparedSchema) -> None:
     if rule.is_sidecar and ctx.extension in NO_SIDECAR_EXTENSIONS:
         return
     data = ctx.sidecar if rule.is_sidecar else ctx.json
-    issues = ctx.ds.issues
+    plan = _field_plan(rule, prepared)
+    present = plan.names.intersection(data)
+    path, rule_id = ctx.path, rule.rule_id
+    ctx.ds.issues.extend(Issue(code, level, path, message, name, None, rule_id)
+                         for code, level, name, message in _missing_issues(rule, plan, present, ctx))
+    if not present:
+        return
     validated = ctx.ds.validated_keys
-    for key, name, level, requirement, custom in _field_plan(rule, prepared):
-        if name not in data:
-            if level is None:
-                level = _field_level(requirement, ctx)
-            if level == "ignore":
-                continue
-            if custom is not None:
-                issues.append(Issue(custom["code"], level, ctx.path, " ".join(custom["message"].split()),
-                                    key=name, rule_id=rule.rule_id))
-            else:
-                kind = "SIDECAR_KEY" if rule.is_sidecar else "JSON_KEY"
-                issues.append(Issue(f"{kind}_{'REQUIRED' if level == 'error' else 'RECOMMENDED'}", level, ctx.path,
-                                    _missing_message(name, level, rule.is_sidecar), key=name, rule_id=rule.rule_id))
+    origin = ctx.sidecar_origin
+    for key, name, _ in plan.fields:
+        if name not in present:
             continue
-        origin = ctx.sidecar_origin
-        location = (origin if isinstance(origin, str) else origin.get(name, "")) if rule.is_sidecar else ctx.path
+        location = (origin if isinstance(origin, str) else origin.get(name, "")) if rule.is_sidecar else path
         address = (location, name)
         if rule.is_sidecar and address in validated:
             continue
         for message in prepared.metadata_errors(key, data[name]):
-            issues.append(make("JSON_SCHEMA_VALIDATION_ERROR", location, f"{name}: {message}.", key=name,
-                               rule_id=rule.rule_id))
+            ctx.ds.issues.append(make("JSON_SCHEMA_VALIDATION_ERROR", location, f"{name}: {message}.", key=name,
+                                      rule_id=rule_id))
         if rule.is_sidecar and location:
             validated.add(address)
 
@@ -374,7 +391,7 @@ def apply_rules(ctx: FileContext, prepared: PreparedSchema) -> None:
     issues = ctx.ds.issues
     for rule in prepared.rules.select(ctx, ctx.ds.rule_cache):
         spec = rule.spec
-        if rule.checks and not all(truthy(c(ctx)) for c in rule.checks):
+        if "checks" in spec and not rule.checks_pass(ctx, ctx.ds.rule_cache):
             issue = spec.get("issue") or {}
             if issue.get("code") and issue.get("message"):
                 issues.append(Issue(issue["code"], issue.get("level", "error"), ctx.path,

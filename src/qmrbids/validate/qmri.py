@@ -146,7 +146,7 @@ def apply_file(extension: Extension, ctx: FileContext) -> list[Issue]:
     out = []
     for rule in extension.file_rules.select(ctx, ctx.ds.rule_cache):
         issue = rule.spec["issue"]
-        if rule.checks and not all(truthy(c(ctx)) for c in rule.checks):
+        if "checks" in rule.spec and not rule.checks_pass(ctx, ctx.ds.rule_cache):
             out.append(Issue(issue["code"], issue["level"], ctx.path, " ".join(issue["message"].split()),
                              rule_id=rule.rule_id))
         if rule in extension.schemas:

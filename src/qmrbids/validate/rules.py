@@ -38,6 +38,7 @@ class Rule:
     reads: tuple = ()                               # what the memoised selectors read
     path: str | None = None                         # the rule applies to this one path only
     is_sidecar: bool = False
+    check_key: object = None                        # memo key of the checks, None if not memoisable
     _checks: list | None = None
 
     @property
@@ -67,7 +68,31 @@ class Rule:
                 rule.memoised.append(compiled)
                 reads.update(found)
         rule.reads = tuple(sorted(reads, key=repr))
+        check_reads: set = set()
+        for source in spec.get("checks", []):
+            found = accessors(source)
+            if found is None or any(kind == "whole" and root in ("path", "size") for kind, root, _ in found):
+                break
+            check_reads.update(found)
+        else:
+            if spec.get("checks"):
+                rule.check_key = key_function(tuple(sorted(check_reads, key=repr)))
         return rule
+
+    def checks_pass(self, ctx, cache: dict) -> bool:
+        """Whether every check holds; memoised like the selectors when the checks allow it."""
+        if self.check_key is None:
+            return all(truthy(c(ctx)) for c in self.checks)
+        memo = cache.get(self)
+        if memo is None:
+            memo = cache[self] = {}
+        key = self.check_key(ctx)
+        hit = memo.get(key)
+        if hit is None:
+            hit = all(truthy(c(ctx)) for c in self.checks)
+            if len(memo) < RuleSet.MAX_DECISIONS:
+                memo[key] = hit
+        return hit
 
 
 @dataclass(eq=False)

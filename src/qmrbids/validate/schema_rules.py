@@ -47,8 +47,19 @@ class PreparedSchema:
     pseudo_extensions: frozenset[str]
     file_rule_order: dict = field(default_factory=dict)
     field_plans: dict = field(default_factory=dict)
+    _labels: dict = field(default_factory=dict)
     _metadata_validators: dict = field(default_factory=dict)
     _metadata_results: dict = field(default_factory=dict)
+
+    def label_ok(self, key: str, label: str) -> bool:
+        """Whether an entity label has its entity's format (unknown entities pass here)."""
+        hit = self._labels.get((key, label))
+        if hit is None:
+            pattern = self.entity_pattern.get(key)
+            hit = pattern is None or pattern.match(label) is not None
+            if len(self._labels) < 100000:
+                self._labels[(key, label)] = hit
+        return hit
 
     def metadata_errors(self, key: str, value: Any) -> list[str]:
         """JSON Schema errors of a metadata value (``objects.metadata``), memoised on the value."""
