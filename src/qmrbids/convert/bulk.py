@@ -1,8 +1,8 @@
 """One dcm2niix pass over whole source folders, running while qmrbids reads the headers.
 
 A fresh conversion otherwise costs the header scan plus dcm2niix; started first, dcm2niix's own
-pass over the tree overlaps the scan, and its outputs (named by SeriesInstanceUID) are then
-picked up series by series. Anything the pass cannot give unambiguously (archive members, a
+pass over the tree, and the compression of what it wrote, overlap the scan, and the outputs
+(named by SeriesInstanceUID) are then picked up series by series. Anything the pass cannot give unambiguously (archive members, a
 series spread over several source folders, a dcm2niix failure) is converted series by series as
 before, so the bulk pass only ever saves time.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dcm2niix
 
+from qmrbids.convert.nifti import compress_clean
 from qmrbids.convert.run import DCM2NIIX_OPTIONS, dcm2niix_outputs
 
 
@@ -52,6 +53,11 @@ class BulkConversion:
                 complete = False
             if not complete:  # a file may be half-written: use none of this folder's outputs
                 shutil.rmtree(out, ignore_errors=True)
+                continue
+            for nifti in sorted(out.glob("*.nii")):  # compress while the scan goes on (zlib frees the GIL)
+                if self._stopped:
+                    return
+                compress_clean(nifti)
 
     def outputs(self, uid: str) -> list[dict] | None:
         """dcm2niix's outputs for one series, or None when the pass did not give them unambiguously."""

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import gzip
 import re
-import zlib
 from pathlib import Path
+
+from isal import isal_zlib
 
 from qmrbids.io import atomic_write_bytes
 
@@ -43,11 +44,11 @@ def compress_clean(path: Path) -> Path:
     _field(data, DESCRIP, clean_descrip(descrip))
     _field(data, AUX_FILE, "")
     _field(data, DB_NAME, "")
-    body = zlib.compressobj(1, zlib.DEFLATED, -15)  # as small as dcm2niix's own gzip, 2-3x faster than level 6
+    body = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15)  # ISA-L: ~10x zlib's speed, smaller than dcm2niix's gzip
     deflated = body.compress(bytes(data)) + body.flush()
     # gzip header with no FNAME, no comment and MTIME 0; OS 255 (unknown), as dcm2niix writes
     out = (b"\x1f\x8b\x08\x00" + b"\0\0\0\0" + b"\x00\xff" + deflated
-           + zlib.crc32(data).to_bytes(4, "little") + (len(data) & 0xFFFFFFFF).to_bytes(4, "little"))
+           + isal_zlib.crc32(data).to_bytes(4, "little") + (len(data) & 0xFFFFFFFF).to_bytes(4, "little"))
     target = path if path.name.endswith(".gz") else path.with_name(path.name + ".gz")
     atomic_write_bytes(target, out)
     if target != path:

@@ -189,7 +189,8 @@ def convert_series(planned: PlannedSeries, bids_dir: Path, staging: Path, config
             result = SeriesResult(uid, "converted")
             staged = []
             for target, made in pairs:
-                made["nifti"] = compress_clean(made["nifti"])
+                if made["nifti"].suffix == ".nii":  # bulk-pass outputs arrive cleaned and compressed
+                    made["nifti"] = compress_clean(made["nifti"])
                 meta, missing = _sidecar(planned, target, made, first, config)
                 if missing:
                     result.warnings.append(f"{planned.label}: {Path(target.stem).name}: missing {', '.join(missing)}; "
