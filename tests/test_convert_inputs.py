@@ -202,3 +202,18 @@ def test_siemens_tfl_b1map_series_become_tb1tfl_anat_and_famp(tmp_path):
     famp = json.loads((tmp_path / "ds/sub-01/fmap/sub-01_acq-famp_TB1TFL.json").read_text())
     assert "TraRefAmpl" not in json.dumps(famp)  # free text never reaches a sidecar, evidence included
     assert bids_validator_errors(tmp_path / "ds") == []
+
+
+def test_written_files_get_ordinary_permissions(tmp_path, noise_free_phantom):
+    """Atomic writes go through temporary files (created 0600); the dataset must still be readable
+    by the group and others as the umask allows, like any file the user creates."""
+    import os
+    import stat
+
+    from qmrbids.io import FILE_MODE
+
+    vfa = sorted((noise_free_phantom("siemens") / "dicom").glob("00[234]_vfa_*"))
+    report = convert(vfa, tmp_path / "ds", subject="01", jobs=1)
+    assert report.exit_code == 0
+    written = [p for p in (tmp_path / "ds").rglob("*") if p.is_file() and ".qmrbids" not in p.parts]
+    assert written and {stat.S_IMODE(os.stat(p).st_mode) for p in written} == {FILE_MODE}
