@@ -79,6 +79,13 @@ def test_times_in_milliseconds(tmp_path):
     _edit(inv, InversionTime=350)
     assert _codes(ds)["QMR_TIME_NOT_IN_SECONDS"] == {str(first.relative_to(ds).with_suffix(".nii.gz"))}
     assert _codes(irt1)["QMR_TIME_NOT_IN_SECONDS"] == {str(inv.relative_to(irt1).with_suffix(".nii.gz"))}
+    # a gradient-echo TR of 15 (ms) is suspicious; an inversion-recovery TR of 10 s is not
+    _edit(inv, InversionTime=0.35, RepetitionTime=10.0)
+    assert "QMR_TIME_SUSPICIOUS" not in _codes(irt1)
+    vfa = _copy("qmri_vfa", tmp_path)
+    flip = sorted(vfa.rglob("*_VFA.json"))[0]
+    _edit(flip, RepetitionTime=15.0)
+    assert _codes(vfa)["QMR_TIME_SUSPICIOUS"] == {str(flip.relative_to(vfa).with_suffix(".nii.gz"))}
 
 
 @needs_examples
