@@ -227,11 +227,19 @@ def _metrology(result) -> str:
         data = accuracy[accuracy["method"] == method]
         for (subject, session), group in data.groupby(["subject", "session"]):
             group = group.sort_values("reference")
-            ax_bias.plot(group["reference"], group["percent_bias"], marker="o", ms=3, lw=0.8,
-                         label=f"{subject} {session}")
+            label = f"{subject}" + (f" ses-{session}" if session != "n/a" else "")
+            ax_bias.plot(group["reference"], group["percent_bias"], marker="o", ms=3, lw=0.8, label=label)
+        inside = data[data["in_sensitive_range"]]
+        if len(inside):  # shade the references outside the sensitive range; scale the axis to the inside
+            low, high = inside["reference"].min(), inside["reference"].max()
+            ax_bias.axvspan(data["reference"].min() * 0.8, low, color="#bbb", alpha=0.3, lw=0)
+            ax_bias.axvspan(high, data["reference"].max() * 1.25, color="#bbb", alpha=0.3, lw=0)
+            span = inside["percent_bias"]
+            margin = max(0.5, 0.2 * float(span.max() - span.min()))
+            ax_bias.set_ylim(float(span.min()) - margin, float(span.max()) + margin)
         ax_bias.axhline(0, color="#555", lw=0.6)
         ax_bias.set_xscale("log")
-        ax_bias.set_xlabel("reference (s)", fontsize=8)
+        ax_bias.set_xlabel("reference (s); shaded: outside the sensitive range", fontsize=8)
         ax_bias.set_ylabel("bias (%)", fontsize=8)
         ax_bias.set_title(f"{method}: bias per region", fontsize=9)
         ax_bias.tick_params(labelsize=7)
@@ -246,8 +254,9 @@ def _metrology(result) -> str:
 
 
 def _bland_altman(ax, data, method: str) -> None:
-    """Bland-Altman plot of the first two sessions of each site (percent differences)."""
-    for site, group in data.groupby("site"):
+    """Bland-Altman plot of the first two sessions of each site (percent differences), over the
+    regions inside the map's sensitive range."""
+    for site, group in data[data["in_sensitive_range"]].groupby("site"):
         sessions = sorted({(s, p) for s, p in zip(group["subject"], group["session"], strict=True)})[:2]
         if len(sessions) < 2:
             continue
@@ -260,7 +269,13 @@ def _bland_altman(ax, data, method: str) -> None:
         bias, sd = float(diff.mean()), float(diff.std(ddof=1))
         for y in (bias, bias - 1.96 * sd, bias + 1.96 * sd):
             ax.axhline(y, lw=0.6, ls="--" if y != bias else "-")
-    ax.set_xscale("log")
+    if not ax.has_data():
+        ax.text(0.5, 0.5, "needs two sessions\non one scanner", ha="center", va="center", fontsize=9,
+                color="#555", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        ax.set_xscale("log")
     ax.set_xlabel("mean of two sessions (s)", fontsize=8)
     ax.set_ylabel("difference (%)", fontsize=8)
     ax.set_title(f"{method}: Bland-Altman", fontsize=9)
