@@ -217,3 +217,10 @@ def test_written_files_get_ordinary_permissions(tmp_path, noise_free_phantom):
     assert report.exit_code == 0
     written = [p for p in (tmp_path / "ds").rglob("*") if p.is_file() and ".qmrbids" not in p.parts]
     assert written and {stat.S_IMODE(os.stat(p).st_mode) for p in written} == {FILE_MODE}
+
+
+def test_labels_taken_from_patient_ids_are_pointed_out(tmp_path, noise_free_phantom):
+    vfa = sorted((noise_free_phantom("siemens") / "dicom").glob("00[234]_vfa_*"))
+    report = convert(vfa, tmp_path / "a", dry_run=True)
+    assert report.warnings and "PHANTOM" in report.warnings[0] and "--deidentify" in report.warnings[0]
+    assert convert(vfa, tmp_path / "b", subject="01", dry_run=True).warnings == []

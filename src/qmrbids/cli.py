@@ -135,6 +135,8 @@ def _render_convert(report, output_format: OutputFormat) -> None:
             out.print(f"series {s.series_number} {s.description!r}: {s.evidence}", markup=False)
     for message in report.unreadable:
         err.print(f"qmrbids: error: {message}", markup=False)
+    for message in report.warnings:
+        err.print(f"qmrbids: warning: {message}", markup=False)
     for s in report.series:
         for warning in s.warnings:
             err.print(f"qmrbids: warning: {warning}", markup=False)

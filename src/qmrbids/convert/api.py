@@ -49,6 +49,7 @@ class ConvertReport:
     unreadable: list[str] = field(default_factory=list)
     series: list[SeriesReport] = field(default_factory=list)
     stubs_written: list[str] = field(default_factory=list)  # README/CHANGES the user should now edit
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[SeriesReport]:
@@ -64,7 +65,7 @@ class ConvertReport:
             counts[s.status] = counts.get(s.status, 0) + 1
         return {"bids_dir": self.bids_dir, "dry_run": self.dry_run, "files_scanned": self.files_scanned,
                 "non_dicom_skipped": self.non_dicom_skipped, "unreadable": self.unreadable,
-                "stubs_written": self.stubs_written,
+                "stubs_written": self.stubs_written, "warnings": self.warnings,
                 "summary": counts, "series": [asdict(s) for s in self.series]}
 
 
@@ -168,4 +169,10 @@ def _plan_report(scanned, bids_dir: Path, config: StudyConfig, subject: str | No
     for p in planned:
         if reason := p.cannot_convert:
             entries[p.uid].status, entries[p.uid].reason = "failed", reason
+    from_patient_id = sorted({p.subject for p in planned if deidentify is None and subject is None
+                              and p.series["PatientID"] not in config.subjects})
+    if from_patient_id:
+        report.warnings.append(
+            f"subject label(s) {', '.join(from_patient_id)} are the sanitised PatientID; if PatientIDs identify "
+            "people, map them under subjects: in the study config or convert with --deidentify")
     return report, [p for p in planned if p.converted and not p.cannot_convert], entries, ids
