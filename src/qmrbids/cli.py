@@ -115,6 +115,26 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
+# Arguments and options that ``convert`` and ``run`` share.
+DicomSources = Annotated[list[Path], typer.Argument(help="DICOM folders, files, .zip/.tar archives or .dcm.gz files.")]
+BidsOutput = Annotated[Path, typer.Option("--output", "-o", help="BIDS dataset folder to write.")]
+StudyConfigFile = Annotated[Path | None, typer.Option("--config", help="Study config (YAML): labels, rules, metadata.")]
+Jobs = Annotated[int | None, typer.Option("--jobs", help="Parallel jobs (default: number of cores).")]
+DeidentifyFlag = Annotated[bool, typer.Option("--deidentify", help="De-identify (PS3.15 Annex E) on the way (needs --key-file).")]
+KeyFile = Annotated[Path | None, typer.Option("--key-file", help="Secret key for --deidentify (kept outside the dataset).")]
+MapFile = Annotated[Path | None, typer.Option("--map", help="PatientID -> research ID map (TSV) for --deidentify.")]
+
+
+def _check_conversion_arguments(sources: list[Path], output: Path, jobs: int | None) -> None:
+    if jobs is not None and jobs < 1:
+        raise UsageFailure(f"--jobs must be at least 1, not {jobs}")
+    for source in sources:
+        if not source.exists():
+            raise UsageFailure(f"{source}: no such file or folder")
+    if output.exists() and not output.is_dir():
+        raise UsageFailure(f"{output}: exists and is not a folder")
+
+
 def _render_convert(report, output_format: OutputFormat) -> None:
     if output_format is OutputFormat.json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
@@ -153,17 +173,17 @@ def _render_convert(report, output_format: OutputFormat) -> None:
 
 @app.command()
 def convert(
-    sources: Annotated[list[Path], typer.Argument(help="DICOM folders, files, .zip/.tar archives or .dcm.gz files.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="BIDS dataset folder to write.")],
-    config: Annotated[Path | None, typer.Option(help="Study config (YAML): labels, rules, metadata.")] = None,
+    sources: DicomSources,
+    output: BidsOutput,
+    config: StudyConfigFile = None,
     subject: Annotated[str | None, typer.Option(help="Subject label for every series.")] = None,
     session: Annotated[str | None, typer.Option(help="Session label for every series.")] = None,
-    jobs: Annotated[int | None, typer.Option(help="Parallel jobs (default: number of cores).")] = None,
+    jobs: Jobs = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace conflicting targets.")] = False,
-    deidentify: Annotated[bool, typer.Option("--deidentify", help="De-identify (PS3.15 Annex E) on the way.")] = False,
-    key_file: Annotated[Path | None, typer.Option(help="Secret key file for --deidentify.")] = None,
-    map_file: Annotated[Path | None, typer.Option("--map", help="Research-ID map (TSV) for --deidentify.")] = None,
+    deidentify: DeidentifyFlag = False,
+    key_file: KeyFile = None,
+    map_file: MapFile = None,
     output_format: Annotated[OutputFormat, typer.Option("--format", help="Report format.")] = OutputFormat.text,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
@@ -175,17 +195,11 @@ def convert(
     for label, value in (("--subject", subject), ("--session", session)):
         if value is not None and not value.isalnum():
             raise UsageFailure(f"{label} must be letters and digits only, not {value!r}")
-    if jobs is not None and jobs < 1:
-        raise UsageFailure(f"--jobs must be at least 1, not {jobs}")
     try:
         study = load_config(config)
     except ConfigError as error:
         raise UsageFailure(str(error)) from None
-    for source in sources:
-        if not source.exists():
-            raise UsageFailure(f"{source}: no such file or folder")
-    if output.exists() and not output.is_dir():
-        raise UsageFailure(f"{output}: exists and is not a folder")
+    _check_conversion_arguments(sources, output, jobs)
     options = _deidentify_options(deidentify, key_file, map_file, output)
     with _progress(quiet) as progress, _usage_errors(DeidentifyError, ResearchIdError):
         scanning = progress.add_task("scanning", total=None)
@@ -230,19 +244,19 @@ def metrology(
     raise typer.Exit(0)
 
 
+def _number(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def _render_metrology(report, target: Path) -> None:
     out = Console(highlight=False, width=max(160, Console().width))
     table = Table(title=f"Accuracy against {report.reference}", box=box.SIMPLE)
     for column in ("map", "regions", "median |bias| %", "max |bias| %", "slope", "intercept", "R2"):
         table.add_column(column)
-    for (method, where), group in report.accuracy.groupby(["method", "subject"]):
-        for session, rows in group.groupby("session"):
-            name = f"sub-{where}" + (f" ses-{session}" if session != "n/a" else "")
-            line = report.summary["linearity"].get(f"{name} {method}", {})
-            bias = rows.loc[rows["in_sensitive_range"], "percent_bias"].abs()
-            table.add_row(f"{name} {method}", str(len(rows)),
-                          f"{bias.median():.2f}" if len(bias) else "-", f"{bias.max():.2f}" if len(bias) else "-",
-                          *(f"{line[k]:.4g}" if k in line else "-" for k in ("slope", "intercept", "r_squared")))
+    for row in report.map_rows():
+        table.add_row(f"{row['session']} {row['map']}", str(row["regions"]),
+                      *(_number(row[k], ".2f") for k in ("median_abs_bias", "max_abs_bias")),
+                      *(_number(row[k], ".4g") for k in ("slope", "intercept", "r_squared")))
     out.print(table)
     for name, stats in report.summary["repeatability"].items():
         out.print(f"repeatability {name}: wCV {stats['wcv_percent']:.2f} %, RC {stats['rc_percent']:.2f} % "
@@ -482,14 +496,14 @@ def protocol_init(
 
 @app.command()
 def run(
-    sources: Annotated[list[Path], typer.Argument(help="DICOM folders, files, .zip/.tar archives or .dcm.gz files.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="BIDS dataset folder to write.")],
-    config: Annotated[Path | None, typer.Option(help="Study config (YAML): labels, rules, metadata.")] = None,
+    sources: DicomSources,
+    output: BidsOutput,
+    config: StudyConfigFile = None,
     protocol: Annotated[Path | None, typer.Option(help="Study protocol (YAML) for compliance checks.")] = None,
-    deidentify: Annotated[bool, typer.Option("--deidentify", help="De-identify on the way (needs --key-file).")] = False,
-    key_file: Annotated[Path | None, typer.Option(help="Secret key for --deidentify (kept outside the dataset).")] = None,
-    map_file: Annotated[Path | None, typer.Option("--map", help="PatientID -> research ID map (TSV) for --deidentify.")] = None,
-    jobs: Annotated[int | None, typer.Option(help="Parallel jobs (default: number of cores).")] = None,
+    deidentify: DeidentifyFlag = False,
+    key_file: KeyFile = None,
+    map_file: MapFile = None,
+    jobs: Jobs = None,
     labels: Annotated[Path | None, typer.Option(help="Phantom label image for metrology (found automatically for the digital phantom).")] = None,
     reference: Annotated[str, typer.Option(help="Metrology reference: nist-v1, nist-v2 or a TSV.")] = "nist-v1",
     output_format: Annotated[OutputFormat, typer.Option("--format", help="Summary format.")] = OutputFormat.text,
@@ -500,13 +514,7 @@ def run(
     from qmrbids.pipeline import Progress, run_pipeline
     from qmrbids.qc import ProtocolError, load_protocol
 
-    if jobs is not None and jobs < 1:
-        raise UsageFailure(f"--jobs must be at least 1, not {jobs}")
-    for source in sources:
-        if not source.exists():
-            raise UsageFailure(f"{source}: no such file or folder")
-    if output.exists() and not output.is_dir():
-        raise UsageFailure(f"{output}: exists and is not a folder")
+    _check_conversion_arguments(sources, output, jobs)
     options = _deidentify_options(deidentify, key_file, map_file, output)
     try:
         study = load_config(config)

@@ -117,8 +117,7 @@ def run_pipeline(sources: list[Path], bids_dir: Path, *, config: StudyConfig | N
         f"{counts['qc_fail']} failed / {counts['qc_warn']} warned metrics",
         [*(f"sub-{f.subject} {f.session} {f.series}: {f.parameter} expected {f.expected}, found {f.found}"
            for f in result.findings if f.status == "fail"), *result.problems]))
-    digital = labels is None and phantom_labels(sources) is not None
-    labels = labels or phantom_labels(sources)
+    digital = labels is None and (labels := phantom_labels(sources)) is not None
     if labels is not None:
         progress.stage("measuring the phantom")
         try:  # the digital phantom holds the 20 C reference values exactly

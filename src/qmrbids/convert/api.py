@@ -103,9 +103,11 @@ def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = No
         folders = [s for s in sources if s.is_dir()]
         if not dry_run and deidentify is None and folders and not any(bids_dir.glob("sub-*")):
             staging = stack.enter_context(staging_dir(bids_dir / STATE_DIR, "convert"))
-            bulk = BulkConversion(folders, staging, timeout_s=600 + 0.5 * _count_files(folders))
+            bulk = BulkConversion(folders, staging)
             stack.callback(bulk.stop)
         scanned = scan(sources, jobs=jobs, on_progress=on_scan)
+        if bulk is not None:
+            bulk.allow(len(scanned.files) + scanned.skipped_non_dicom)
         report, todo, entries, ids = _plan_report(scanned, bids_dir, config, subject, session, dry_run,
                                                   deidentify, map_path)
         if on_planned:
@@ -139,10 +141,6 @@ def convert(sources: list[Path], bids_dir: Path, config: StudyConfig | None = No
     report.stubs_written = write_dataset_files(bids_dir, config, versions["dcm2niix"], date.today().isoformat(),
                                                acq_times)
     return report
-
-
-def _count_files(folders: list[Path]) -> int:
-    return sum(len(files) for folder in folders for _, _, files in os.walk(folder))
 
 
 def _plan_report(scanned, bids_dir: Path, config: StudyConfig, subject: str | None, session: str | None,

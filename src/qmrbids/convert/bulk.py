@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,10 +25,14 @@ from qmrbids.convert.run import DCM2NIIX_OPTIONS, dcm2niix_outputs
 class BulkConversion:
     """dcm2niix over each folder in ``folders`` (one after another, in a background thread)."""
 
-    def __init__(self, folders: list[Path], staging: Path, timeout_s: float):
+    #: Seconds the pass may take before it is killed: this, plus 0.5 s per file once the scan has
+    #: counted them (:meth:`allow`).
+    BASE_TIMEOUT_S = 600.0
+
+    def __init__(self, folders: list[Path], staging: Path):
         self._folders = folders
         self._staging = staging
-        self._timeout = timeout_s
+        self._deadline = time.monotonic() + self.BASE_TIMEOUT_S
         self._process: subprocess.Popen | None = None
         self._stopped = False
         self._lock = threading.Lock()
@@ -45,19 +50,28 @@ class BulkConversion:
                 self._process = subprocess.Popen(
                     [dcm2niix.bin, *DCM2NIIX_OPTIONS, "-f", "%j", "-o", str(out), str(folder)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                complete = self._process.wait(timeout=self._timeout) >= 0  # < 0: killed by a signal
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-                complete = False
-            if not complete:  # a file may be half-written: use none of this folder's outputs
+            if not self._finished():  # a file may be half-written: use none of this folder's outputs
                 shutil.rmtree(out, ignore_errors=True)
                 continue
-            for nifti in sorted(out.glob("*.nii")):  # compress while the scan goes on (zlib frees the GIL)
+            for nifti in sorted(out.glob("*.nii")):  # compress while the scan goes on (ISA-L frees the GIL)
                 if self._stopped:
                     return
                 compress_clean(nifti)
+
+    def _finished(self) -> bool:
+        """True when dcm2niix exited by itself (not killed by a signal) before the deadline."""
+        while True:
+            try:
+                return self._process.wait(timeout=max(0.0, min(1.0, self._deadline - time.monotonic()))) >= 0
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= self._deadline:
+                    self._process.kill()
+                    self._process.wait()
+                    return False
+
+    def allow(self, files: int) -> None:
+        """Extend the time limit for a source of ``files`` files (known once the scan is done)."""
+        self._deadline += 0.5 * files
 
     def outputs(self, uid: str) -> list[dict] | None:
         """dcm2niix's outputs for one series, or None when the pass did not give them unambiguously."""

@@ -11,7 +11,7 @@ import re
 import secrets
 import subprocess
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dcm2niix
@@ -21,7 +21,7 @@ from qmrbids.convert.config import StudyConfig
 from qmrbids.convert.nifti import compress_clean
 from qmrbids.convert.plan import Output, PlannedSeries
 from qmrbids.convert.sidecars import PROVENANCE_KEY, derive_fields, scrub, series_hmac, sha256_file
-from qmrbids.dicom.deidentify import Options, Refused, deidentify_bytes, shift_days
+from qmrbids.dicom.deidentify import Options, Refused, deidentify_bytes, shift_da, shift_days
 from qmrbids.dicom.scan import Source, read_bytes
 from qmrbids.io import atomic_write_bytes, atomic_write_text, staging_dir
 from qmrbids.schema import required_sidecar_fields
@@ -223,11 +223,11 @@ def shifted_acq_time(series: dict, deidentify: Options) -> str:
     Plain conversions leave acq_time out: a real acquisition date identifies the scan.
     """
     days = shift_days(str(series.get("PatientID") or "").strip(), deidentify)
-    day, clock = str(series.get("SeriesDate") or ""), str(series.get("AcquisitionTime") or "").replace(":", "")
-    if days is None or len(day) < 8 or len(clock) < 6 or not (day[:8] + clock[:6]).isdigit():
+    clock = str(series.get("AcquisitionTime") or "").replace(":", "")
+    moved = shift_da(str(series.get("SeriesDate") or ""), days) if days is not None else ""
+    if not moved or len(clock) < 6 or not clock[:6].isdigit():
         return ""
-    moved = (date(int(day[:4]), int(day[4:6]), int(day[6:8])) + timedelta(days=days)).isoformat()
-    return f"{moved}T{clock[:2]}:{clock[2:4]}:{clock[4:6]}"
+    return f"{moved[:4]}-{moved[4:6]}-{moved[6:8]}T{clock[:2]}:{clock[2:4]}:{clock[4:6]}"
 
 
 def _sidecar(planned: PlannedSeries, target: Output, made: dict, first_file, config: StudyConfig):

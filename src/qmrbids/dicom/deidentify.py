@@ -168,7 +168,8 @@ def shift_days(patient_id: str, options: Options) -> int | None:
     return -(SHIFT_BASE_DAYS + spread)
 
 
-def _shift_da(value: str, days: int) -> str:
+def shift_da(value: str, days: int) -> str:
+    """A DICOM date (YYYYMMDD) moved by ``days`` ('' when it is not a date)."""
     text = value.strip().replace(".", "")
     try:
         day = date(int(text[:4]), int(text[4:6]), int(text[6:8]))
@@ -181,7 +182,7 @@ def _shift_dt(value: str, days: int) -> str:
     text = value.strip()
     if len(text) < 8:
         return ""
-    shifted = _shift_da(text[:8], days)
+    shifted = shift_da(text[:8], days)
     return shifted + text[8:] if shifted else ""
 
 
@@ -293,7 +294,7 @@ def _apply(ds: Dataset, tag, element, action: str, ctx: _Context) -> None:
         _set(element, cleaned)
     elif action == "S":
         if vr == "DA":
-            _set(element, [_shift_da(str(v), ctx.days) for v in _values(element)])
+            _set(element, [shift_da(str(v), ctx.days) for v in _values(element)])
         elif vr == "DT":
             _set(element, [_shift_dt(str(v), ctx.days) for v in _values(element)])
         elif vr != "TM":  # times keep their values (the shift is whole days); a timezone would locate the site

@@ -9,6 +9,7 @@ the output maps whatever the volume size, and each model only writes a vectorise
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
@@ -36,7 +37,7 @@ class Fit:
         raise AttributeError(name)
 
 
-class Model:
+class Model(ABC):
     """Base of the quantitative models.
 
     Subclasses set ``name`` (command-line name), ``suffix`` (BIDS suffix of the input
@@ -62,9 +63,9 @@ class Model:
     required: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
+    @abstractmethod
     def from_metadata(cls, metadata: list[dict], **context) -> Model:
         """The model for input images with these sidecars, given in :meth:`data_order`."""
-        raise NotImplementedError
 
     @staticmethod
     def data_order(metadata: list[dict], entities: list[dict]) -> list[int]:
@@ -79,8 +80,9 @@ class Model:
         """Per-voxel inputs besides the data (scalars or arrays of the data's spatial shape)."""
         return {}
 
+    @abstractmethod
     def fit_voxels(self, signals: np.ndarray, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """The maps (by output name) of a (voxels, measurements) float64 block, vectorised."""
 
     @property
     def map_names(self) -> tuple[str, ...]:
@@ -131,6 +133,20 @@ class Model:
                 with ThreadPoolExecutor(threads) as pool:
                     list(pool.map(run, starts))
         return Fit({name: values.reshape(shape, order=order) for name, values in out.items()})
+
+
+class EchoTimeModel(Model):
+    """A model whose data's last axis is the echoes of one collection (``self.te``, seconds)."""
+
+    te: np.ndarray
+    required: ClassVar[tuple[str, ...]] = ("EchoTime",)
+
+    @classmethod
+    def from_metadata(cls, metadata, **context):
+        return cls([m["EchoTime"] for m in metadata])
+
+    def parameters(self) -> dict:
+        return {"EchoTime": self.te.tolist()}
 
 
 def rowsum(values: np.ndarray) -> np.ndarray:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from qmrbids.fit.base import FitError, Model
+from qmrbids.fit.base import FitError, EchoTimeModel
 from qmrbids.fit.loglinear import weighted_loglinear
 
 
-class MEGREModel(Model):
+class MEGREModel(EchoTimeModel):
     """S(TE) = S0 exp(-R2* TE), weighted log-linear least squares (weights S^2, then fitted^2).
 
     Inputs: the magnitude images of a MEGRE collection, >= 2 echoes. Closed form per voxel.
@@ -29,15 +29,6 @@ class MEGREModel(Model):
         if np.unique(te).size < 2 or np.any(te < 0):
             raise FitError(f"MEGRE needs at least two distinct echo times, not {te.tolist()}")
         self.te = te
-
-    required = ("EchoTime",)
-
-    @classmethod
-    def from_metadata(cls, metadata, **context):
-        return cls([m["EchoTime"] for m in metadata])
-
-    def parameters(self) -> dict:
-        return {"EchoTime": self.te.tolist()}
 
     def fit_voxels(self, signals):
         s0, r2s, r2 = weighted_loglinear(signals, self.te)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from qmrbids.fit.base import FitError, Model, r_squared
+from qmrbids.fit.base import FitError, EchoTimeModel, r_squared
 from qmrbids.fit.expfit import ExponentialSolver
 
 
-class MESEModel(Model):
+class MESEModel(EchoTimeModel):
     """|S(TE)|^2 = S0^2 exp(-2 TE/T2) + c, fitted by least squares on squared magnitudes.
 
     For magnitude (Rician) data E[|S|^2] = A^2 + 2 sigma^2 exactly, so an exponential plus a
@@ -35,15 +35,6 @@ class MESEModel(Model):
             raise FitError(f"MESE needs at least four distinct positive echo times, not {te.tolist()}")
         self.te = te
         self.solver = ExponentialSolver(te)
-
-    required = ("EchoTime",)
-
-    @classmethod
-    def from_metadata(cls, metadata, **context):
-        return cls([m["EchoTime"] for m in metadata])
-
-    def parameters(self) -> dict:
-        return {"EchoTime": self.te.tolist()}
 
     def fit_voxels(self, signals):
         power = signals * signals

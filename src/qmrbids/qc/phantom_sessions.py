@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import nibabel as nib
@@ -38,6 +39,23 @@ class MetrologyReport:
     summary: dict
     warnings: list[str] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
+
+    def map_rows(self) -> list[dict]:
+        """One row per measured map: where, site, regions, |bias| % inside the sensitive range, linearity."""
+        rows = []
+        for (method, subject, session), group in self.accuracy.groupby(["method", "subject", "session"], sort=True):
+            where = session_name(subject, "" if session == "n/a" else session)
+            inside = group.loc[group["in_sensitive_range"], "percent_bias"].abs()
+            line = self.summary["linearity"].get(f"{where} {method}", {})
+            rows.append({"site": group["site"].iloc[0], "session": where, "map": method, "regions": len(group),
+                         "median_abs_bias": inside.median() if len(inside) else None,
+                         "max_abs_bias": inside.max() if len(inside) else None,
+                         **{k: line.get(k) for k in ("slope", "intercept", "r_squared")}})
+        return rows
+
+
+def session_name(subject: str, session: str) -> str:
+    return f"sub-{subject}" + (f" ses-{session}" if session else "")
 
 
 @dataclass(frozen=True)
@@ -119,18 +137,24 @@ def _labels_for(map_path: Path, labels: Path | None) -> Path:
     return candidates[0]
 
 
+@lru_cache(maxsize=8)
+def _read_labels(path: Path, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """A label image's voxels and affine, read once however many maps it labels."""
+    labels = nib.load(path)
+    return np.asarray(labels.dataobj), labels.affine
+
+
 def labels_on_grid(labels_path: Path, image: nib.Nifti1Image) -> np.ndarray:
     """The label image in ``image``'s voxel order: the same grid stored with other axis order or
     directions is reoriented (no interpolation); any other grid is an error."""
     try:
-        labels = nib.load(labels_path)
-        data = np.asarray(labels.dataobj)
+        data, labels_affine = _read_labels(Path(labels_path), Path(labels_path).stat().st_mtime_ns)
     except (OSError, ValueError, EOFError) as error:
         raise MetrologyError(f"{labels_path}: cannot read the label image: {error}") from None
-    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(labels.affine),
+    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(labels_affine),
                                                 nib.orientations.io_orientation(image.affine))
+    affine = labels_affine @ nib.orientations.inv_ornt_aff(transform, data.shape)
     data = nib.orientations.apply_orientation(data, transform)
-    affine = labels.affine @ nib.orientations.inv_ornt_aff(transform, labels.shape)
     if data.shape[:3] != image.shape[:3] or not np.allclose(affine, image.affine, atol=1e-3):
         raise MetrologyError(f"{labels_path}: not on the grid of {Path(image.get_filename()).name}; "
                              "resample the label image to the maps first")
@@ -150,9 +174,12 @@ def measure(dataset: Path, reference: str | Path = "nist-v1", labels: Path | Non
     references: dict[float, Reference] = {}
     accuracy_rows, values = [], []
     linearity: dict[str, dict] = {}
+    sessions: dict[tuple[str, str], dict] = {}
     for item in maps:
-        facts = _session_facts(dataset, item.subject, item.session)
-        where = f"sub-{item.subject}" + (f" ses-{item.session}" if item.session else "")
+        if (item.subject, item.session) not in sessions:
+            sessions[item.subject, item.session] = _session_facts(dataset, item.subject, item.session)
+        facts = sessions[item.subject, item.session]
+        where = session_name(item.subject, item.session)
         strength = facts.get("field_strength")
         if strength is None:
             warnings.append(f"{where}: MagneticFieldStrength not found in the raw sidecars; assuming 3 T")

@@ -202,14 +202,10 @@ def _metrology(result) -> str:
     if report is None or report.accuracy.empty:
         return ""
     accuracy = report.accuracy
-    rows = []
-    for (method, subject, session), group in accuracy.groupby(["method", "subject", "session"], sort=True):
-        where = f"sub-{subject}" + (f" ses-{session}" if session != "n/a" else "")
-        line = report.summary["linearity"].get(f"{where} {method}", {})
-        inside = group.loc[group["in_sensitive_range"], "percent_bias"].abs()
-        rows.append([group["site"].iloc[0], where, method, len(group), f"{inside.median():.2f}" if len(inside) else "-",
-                     f"{inside.max():.2f}" if len(inside) else "-",
-                     *(f"{line[k]:.4g}" if k in line else "-" for k in ("slope", "intercept", "r_squared"))])
+    rows = [[r["site"], r["session"], r["map"], r["regions"],
+             *("-" if r[k] is None else f"{r[k]:.2f}" for k in ("median_abs_bias", "max_abs_bias")),
+             *("-" if r[k] is None else f"{r[k]:.4g}" for k in ("slope", "intercept", "r_squared"))]
+            for r in report.map_rows()]
     parts = [f'<section id="metrology"><h2>Phantom metrology (reference {_e(report.reference)})</h2>',
              _table(["site", "session", "map", "regions", "median |bias| % (sensitive range)", "max |bias| %",
                      "slope", "intercept", "R²"], rows)]
