@@ -170,11 +170,13 @@ def _measure(name, shape, repeats, scipy_voxels, queue):
         data = np.array(nib.load(str(path)).dataobj, dtype=np.float32)  # a real read, not a lazy memmap
         read = time.perf_counter() - start
     times = []
-    tracemalloc.start()  # numpy reports its allocations: data + everything the fit allocates
     for _ in range(repeats if name in CLOSED_FORM else 1):  # the iterative models take minutes
         start = time.perf_counter()
         model.fit(data)
         times.append(time.perf_counter() - start)
+    # memory in a separate run: tracing every allocation slows the many small chunk operations
+    tracemalloc.start()  # numpy reports its allocations: data + everything the fit allocates
+    model.fit(data)
     peak = (data.nbytes + tracemalloc.get_traced_memory()[1]) / 2**20
     tracemalloc.stop()
     sub = data.reshape(-1, data.shape[-1])

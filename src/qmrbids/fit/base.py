@@ -3,7 +3,7 @@
 Data are arrays whose last axis holds the measurements of a voxel (flip angles, echoes, ...).
 The base class walks the voxels in fixed-size chunks, so memory stays bounded by the input and
 the output maps whatever the volume size, and each model only writes a vectorised
-``fit_voxels`` on a (voxels, measurements) float64 block.
+``fit_voxels`` on a (voxels, measurements) float64 block (float32 if the model asks).
 """
 
 from __future__ import annotations
@@ -51,13 +51,15 @@ class Model(ABC):
     suffix: ClassVar[str]
     outputs: ClassVar[dict[str, str]]
     goodness: ClassVar[str | None] = None
-    reference: ClassVar[str]
-    algorithm: ClassVar[str]
+    reference: str  # may depend on the acquisition (set in __init__)
+    algorithm: str
     #: Voxels per chunk; None sizes chunks to ~32k values so a block stays in the CPU cache.
     chunk_size: int | None = None
     uses_b1: ClassVar[bool] = False  # takes a relative transmit field map (``b1``)
     #: Threads working on chunks at once (numpy releases the GIL in its loops); 0 = every core.
     threads: int = 0
+    #: Type of the blocks ``fit_voxels`` receives (float32 only where the model keeps 1e-4 with it).
+    block_dtype: ClassVar[type] = np.float64
 
     #: Sidecar fields every input image must have (checked before anything is fitted).
     required: ClassVar[tuple[str, ...]] = ()
@@ -113,7 +115,7 @@ class Model(ABC):
             select = slice(None) if keep is None else keep[span]
             if keep is not None and not select.any():
                 return
-            block = np.asarray(flat[span][select], dtype=np.float64)
+            block = np.asarray(flat[span][select], dtype=self.block_dtype)
             extra = {k: (v[span][select] if v.ndim else v) for k, v in inputs.items()}
             with np.errstate(all="ignore"):
                 result = self.fit_voxels(block, **extra)

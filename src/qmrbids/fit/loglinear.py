@@ -1,4 +1,4 @@
-"""Weighted log-linear fit of S = S0 exp(-R x), the closed form behind MEGRE R2* and DWI ADC."""
+"""Weighted log-linear fit of S = S0 exp(-R x): DWI ADC, and MEGRE R2* when echoes are unequally spaced."""
 
 from __future__ import annotations
 
