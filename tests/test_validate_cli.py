@@ -70,6 +70,22 @@ def test_json_report(broken, tmp_path, capsys):
     assert report["summary"]["warning"] == sum(1 for i in report["issues"] if i["level"] == "warning")
 
 
+def test_json_issues_are_each_issue_as_a_dict():
+    """The templated JSON writer gives exactly ``Issue.to_dict`` per issue, empty paths and rows included."""
+    import io
+
+    from qmrbids.validate.engine import Report
+    from qmrbids.validate.issues import Issue
+    from qmrbids.validate.reporters import write_json
+
+    issues = [Issue("A", "error", "/x\u00e9\"y.json", "m \\ n", key="K", row=3, rule_id="r"),
+              Issue("A", "error", "/z.json", "m \\ n", key="K", row=3, rule_id="r"),
+              Issue("B", "warning", "", "no path", dataset="derivatives/d")]
+    out = io.StringIO()
+    write_json(Report("", issues, "1", "2", None, 3), out)
+    assert json.loads(out.getvalue())["issues"] == [i.to_dict() for i in issues]
+
+
 @needs_examples
 def test_sarif_and_junit(broken, capsys):
     main(["validate", str(broken), "--config", CONFIG, "--format", "sarif"])

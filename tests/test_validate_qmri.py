@@ -6,11 +6,15 @@ import json
 import shutil
 from pathlib import Path
 
+import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import SHARED_DATA, bids_validator_errors
+from qmrbids.resources import data_path
 from qmrbids.validate import Options, validate_dataset
-from qmrbids.validate.qmri import UnknownVersion, known_versions
+from qmrbids.validate.qmri import ObjectSchema, UnknownVersion, known_versions
 
 EXAMPLES = SHARED_DATA / "bids-examples"
 needs_examples = pytest.mark.skipif(not EXAMPLES.is_dir(), reason=f"{EXAMPLES} (the BIDS examples) is absent")
@@ -148,6 +152,23 @@ def test_provenance_checked_against_sidecar_schema(tmp_path):
     found = [i for i in report.issues if i.code == "QMR_PROVENANCE_INVALID"]
     assert {i.path for i in found} == {"/sub-01/anat/sub-01_flip-1_VFA.json"}
     assert any("SourceFileCount" in i.message for i in found) and any("required" in i.message for i in found)
+
+
+PROVENANCE_SCHEMA = json.loads(data_path("schema", "0.1.0", "sidecar.json").read_text())
+_values = st.one_of(st.none(), st.booleans(), st.integers(-2, 3), st.sampled_from(["0.1.0", "a" * 64, "A" * 64, "",
+                    "2026-01-01T00:00:00Z", "yesterday"]), st.lists(st.sampled_from(["x", 1]), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.dictionaries(st.sampled_from([*PROVENANCE_SCHEMA["properties"], "Extra"]), _values), _values))
+def test_provenance_schema_split_equals_whole_validation(value):
+    """Validating property by property (memoised) finds exactly the errors of one jsonschema pass."""
+    schema = ObjectSchema(PROVENANCE_SCHEMA)
+    assert schema.parts is not None
+    whole = jsonschema.Draft202012Validator(PROVENANCE_SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    expected = sorted(("/".join(map(str, e.absolute_path)), e.message) for e in whole.iter_errors(value))
+    assert sorted(schema.errors(value)) == expected
+    assert sorted(schema.errors(value)) == expected   # memoised answers too
 
 
 @needs_examples

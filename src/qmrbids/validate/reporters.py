@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from operator import itemgetter
 from typing import TextIO
 from xml.etree import ElementTree as ET
 
 from qmrbids.validate.engine import Report
+from qmrbids.validate.issues import Issue
 
 INFO_URI = "https://github.com/qmrbids/qmrbids"
 SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note"}
@@ -41,11 +43,40 @@ def write_json(report: Report, out: TextIO) -> None:
         "summary": summary,
     }, indent=2)
     out.write(head[:-2] + ',\n  "issues": [')
-    chunk = 4096   # one json.dumps per chunk: fast, and memory stays bounded
+    paths = _Encoded(json.dumps)
+    templates = _Encoded(_issue_template)   # issues differing only in their path share one template
+    all_but_path = itemgetter(*(n for n, f in enumerate(Issue._fields) if f != "path"))
+    chunk = 4096   # one write per chunk: memory stays bounded
     for start in range(0, len(issues), chunk):
-        text = json.dumps([i.to_dict() for i in issues[start:start + chunk]])
-        out.write(("\n    " if start == 0 else ",\n    ") + text[1:-1])
+        lines = []
+        for issue in issues[start:start + chunk]:
+            if issue.path:
+                head, tail = templates[all_but_path(issue)]
+                lines.append(head + paths[issue.path] + tail)
+            else:
+                lines.append(json.dumps(issue.to_dict()))
+        out.write(("\n    " if start == 0 else ",\n    ") + ", ".join(lines))
     out.write("\n  ]\n}\n" if issues else "]\n}\n")
+
+
+def _issue_template(fields: tuple) -> tuple[str, str]:
+    """The JSON of an issue with these fields before and after its path (``Issue.to_dict`` order)."""
+    marker = "\x00path\x00"
+    values = dict(zip((f for f in Issue._fields if f != "path"), fields), path=marker)
+    head, tail = json.dumps(Issue(**values).to_dict()).split(json.dumps(marker))
+    return head, tail
+
+
+class _Encoded(dict):
+    """``encode(value)`` of each value, computed once (codes, messages and paths repeat by the thousand)."""
+
+    def __init__(self, encode):
+        super().__init__()
+        self.encode = encode
+
+    def __missing__(self, value):
+        text = self[value] = self.encode(value)
+        return text
 
 
 def to_text(report: Report, colour: bool = False, per_code: int = 3) -> str:
