@@ -161,3 +161,13 @@ class _Ctx:
 ])
 def test_expression_semantics(source, context, expected):
     assert compile_expression(source)(_Ctx(**context)) == expected
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    import qmrbids.validate as validate_package
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(validate_package, "validate_dataset", interrupted)
+    assert main(["validate", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == "qmrbids: interrupted; nothing partial was left behind"

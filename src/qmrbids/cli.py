@@ -565,13 +565,17 @@ def main(argv: list[str] | None = None) -> int:
             err.print(f"qmrbids: error: {' '.join(message.split())}", markup=False)
         return 2
     except (KeyboardInterrupt, typer.Abort):
-        err.print("qmrbids: interrupted; nothing partial was left behind", markup=False)
-        return 130
+        result = INTERRUPTED
     except Exception as error:  # a defect of qmrbids, not of the data: still one line, never a traceback
         err.print(f"qmrbids: error: internal error ({type(error).__name__}: {error}); please report it with "
                   "the command that caused it", markup=False)
         return 2
+    if result == INTERRUPTED:  # typer turns Ctrl-C inside a command into this exit code
+        err.print("qmrbids: interrupted; nothing partial was left behind", markup=False)
     return result if isinstance(result, int) else 0
+
+
+INTERRUPTED = 130
 
 
 # ---------------------------------------------------------------- qmrbids validate
@@ -600,6 +604,8 @@ def validate(
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Drop issues with this code (repeatable).")] = None,
     config: Annotated[Path | None, typer.Option(help="bids-validator style config (ignore/warning/error lists).")] = None,
     ignore_nifti_headers: Annotated[bool, typer.Option("--ignore-nifti-headers", help="Do not read NIfTI headers.")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=0,
+                                      help="Processes checking files (0: every core on datasets of 10,000+ files).")] = 0,
 ) -> None:
     """Validate a BIDS dataset against the official schema and the qMRI extension."""
     from qmrbids.validate import Options, ValidationError, load_config, validate_dataset
@@ -610,7 +616,7 @@ def validate(
     try:
         options = Options(strict_official=strict_official, schema_version=schema_version, recursive=recursive,
                           ignore_codes=tuple(ignore or ()), config=load_config(config) if config else {},
-                          read_nifti_headers=not ignore_nifti_headers)
+                          read_nifti_headers=not ignore_nifti_headers, jobs=jobs)
         report = validate_dataset(dataset, options)
     except (ValidationError, UnknownVersion) as error:
         raise UsageFailure(str(error)) from None

@@ -208,9 +208,8 @@ def apply_file(extension: Extension, ctx: FileContext) -> list[Issue]:
     return out
 
 
-def apply_dataset(extension: Extension, contexts: list[FileContext], derivatives: Folder | None,
-                  root: Path) -> list[Issue]:
-    """Collection rules over the NIfTI files' contexts, and the rules on derivative datasets."""
+def apply_collections(extension: Extension, contexts: list[FileContext]) -> list[Issue]:
+    """Collection rules over NIfTI files' contexts (a collection never spans two subject folders)."""
     issues: list[Issue] = []
     by_suffix: dict[str, list[FileContext]] = {}
     for ctx in contexts:
@@ -227,7 +226,16 @@ def apply_dataset(extension: Extension, contexts: list[FileContext], derivatives
                 if all(truthy(s(scope)) for s in rule.selectors) and not all(truthy(c(scope)) for c in rule.checks):
                     names = ", ".join(m.file.name for m in members[:4]) + (" ..." if len(members) > 4 else "")
                     issues.append(_issue(rule, members[0].path, f"Collection of {len(members)}: {names}."))
-        elif rule.scope == "derivative" and derivatives is not None:
+    return issues
+
+
+def apply_derivatives(extension: Extension, derivatives: Folder | None, root: Path) -> list[Issue]:
+    """The rules on derivative datasets (their dataset_description.json)."""
+    issues: list[Issue] = []
+    if derivatives is None:
+        return issues
+    for rule in extension.rules:
+        if rule.scope == "derivative":
             reader = FileReader(root)
             for folder in derivatives.folders.values():
                 if folder.ignored:
