@@ -12,6 +12,7 @@ import pytest
 from conftest import SHARED_DATA
 from qmrbids.validate import Options, validate_dataset
 from qmrbids.validate.engine import _shards
+from qmrbids.validate.index import index_dataset
 from qmrbids.validate.reporters import write_json
 
 EXAMPLE = SHARED_DATA / "bids-examples" / "qmri_vfa"
@@ -54,16 +55,15 @@ def test_forked_workers_give_the_serial_report(tmp_path):
     assert len(inherited) == 1   # reported once, not once per worker
 
 
-def test_shards_keep_top_level_folders_whole():
-    class Ctx:
-        def __init__(self, path):
-            self.path = path
-
-    contexts = [Ctx(p) for p in ["/README", "/dataset_description.json", "/sub-01/", "/sub-01/anat/",
-                                 "/sub-01/anat/a.nii", "/sub-02/", "/sub-02/anat/b.nii", "/sub-03/", "/sub-03/c.nii"]]
-    shards = _shards(contexts, 2)
-    assert len(shards) == 2 and sum(map(len, shards)) == len(contexts)
-    tops = [{c.path.split("/")[1] for c in shard if c.path.count("/") > 1} for shard in shards]
-    assert not tops[0] & tops[1]
-    assert _shards(contexts, 1) == [contexts]
-    assert len(_shards(contexts, 0)) == 1   # small datasets stay in one process
+def test_shards_keep_top_level_folders_whole(tmp_path):
+    for rel in ["README", "dataset_description.json", "sub-01/anat/a.nii", "sub-01/anat/b.nii",
+                "sub-02/anat/c.nii", "sub-03/d.nii", "sub-03/e.nii"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    tree = index_dataset(tmp_path).tree
+    everything = ["", "sub-01", "sub-02", "sub-03"]
+    shards = _shards(tree, 2)
+    assert len(shards) == 2 and sorted(sum(shards, [])) == everything   # whole folders, each once
+    assert sum(shards, []) == everything                                  # in dataset order
+    assert _shards(tree, 1) == [everything]
+    assert _shards(tree, 0) == [everything]   # small datasets stay in one process

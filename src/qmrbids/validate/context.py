@@ -22,7 +22,7 @@ from qmrbids.validate.issues import Issue, make
 _ENTITY = re.compile(r"-(.+)", re.S)
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=1024)   # a folder's names recur (contexts, inheritance); across folders they differ
 def read_entities(name: str) -> tuple[str, str, str, tuple[tuple[str, str], ...]]:
     """(stem, suffix, extension, entities) of a file name, exactly as the official validator splits it."""
     dot = name.find(".")

@@ -17,7 +17,7 @@ from qmrbids import __version__
 from qmrbids.validate.context import DatasetContext, FileContext, FileReader, LoadError
 from qmrbids.validate.index import Folder, index_dataset
 from qmrbids.validate.issues import RANK, Issue, make
-from qmrbids.validate.official import (apply_rules, check_filename, iter_contexts, load_context,
+from qmrbids.validate.official import (apply_rules, check_filename, load_context, subfolder_contexts,
                                        unused_sidecars)
 from qmrbids.validate.schema_rules import official_schema
 
@@ -145,11 +145,10 @@ def validate_dataset(path: Path, options: Options | None = None, _label: str = "
         from qmrbids.validate import qmri
 
         extension = qmri.load_extension(options.schema_version or qmri.declared_version(description))
-    contexts = [ctx for ctx in iter_contexts(ds, prepared, tree) if not ctx.file.ignored
-                and not (description["DatasetType"] == "raw" and "derivatives" in ctx.path)]
-    check = _FileChecks(ds, prepared, extension, dataset_type, options.read_nifti_headers)
+    check = _FileChecks(ds, prepared, extension, dataset_type, options.read_nifti_headers,
+                        skip_derivatives=description["DatasetType"] == "raw")
     with _no_cycle_collection():
-        for found in _run_shards(check, _shards(contexts, options.jobs)):
+        for found in _run_shards(check, _shards(tree, options.jobs)):
             issues.extend(found)
     issues.extend(unused_sidecars(prepared, tree))
 
@@ -196,14 +195,33 @@ class _FileChecks:
     extension: object
     dataset_type: str
     read_nifti_headers: bool
+    skip_derivatives: bool
 
-    def __call__(self, contexts: list[FileContext]) -> list[Issue]:
+    def contexts(self, shard: list[str]) -> Iterator[FileContext]:
+        """The contexts of a shard's top-level entries ("" for the root's files), in dataset order."""
+        ds, prepared, tree = self.ds, self.prepared, self.ds.tree
+        for name in shard:
+            found = (FileContext(f, ds) for f in tree.files.values()) if name == "" else \
+                subfolder_contexts(ds, prepared, tree.folders[name])
+            for ctx in found:
+                if not ctx.file.ignored and not (self.skip_derivatives and "derivatives" in ctx.path):
+                    yield ctx
+
+    def __call__(self, shard: list[str]) -> list[Issue]:
+        """Issues of a shard's files, holding only the current folder's contents in memory."""
         from qmrbids.validate import qmri
 
         ds, prepared, extension = self.ds, self.prepared, self.extension
         start = len(ds.issues)
-        nifti: list[FileContext] = []   # kept for the extension's collection rules
-        for ctx in contexts:
+        collections: list[Issue] = []
+        nifti: list[FileContext] = []   # the current folder's images, for the extension's collection rules
+        folder = None
+        for ctx in self.contexts(shard):
+            if ctx.file.parent is not folder:   # a folder's files come together, before its subfolders
+                folder = ctx.file.parent
+                collections.extend(self._collections(nifti))
+                nifti = []
+                _forget_outside(ds, folder)
             if ctx.size == 0 and not ctx.directory:
                 ds.issues.append(make("EMPTY_FILE", ctx.path))
             if not ctx.directory:  # contents load before the name is judged, as upstream does
@@ -214,42 +232,73 @@ class _FileChecks:
             apply_rules(ctx, prepared)
             if extension is not None:
                 ds.issues.extend(qmri.apply_file(extension, ctx))
-                if ctx.extension in qmri.NIFTI and ctx.suffix:
-                    ctx.release()   # collection rules read only the name and the sidecar
-                    nifti.append(ctx)
+            ctx.release()
+            if extension is not None and ctx.extension in qmri.NIFTI and ctx.suffix:
+                nifti.append(ctx)   # collection rules read only the name and the sidecar
+            else:
+                ctx.sidecar = {}
+        collections.extend(self._collections(nifti))
         found = ds.issues[start:]
         del ds.issues[start:]
-        if extension is not None:
-            found.extend(qmri.apply_collections(extension, nifti))
+        return found + collections
+
+    def _collections(self, nifti: list[FileContext]) -> list[Issue]:
+        if self.extension is None or not nifti:
+            return []
+        from qmrbids.validate import qmri
+
+        found = qmri.apply_collections(self.extension, nifti)
+        for ctx in nifti:
+            ctx.sidecar = {}
         return found
 
 
-def _shards(contexts: list[FileContext], jobs: int) -> list[list[FileContext]]:
-    """Contexts cut into about ``jobs`` runs of equal size, each holding whole top-level folders.
+def _forget_outside(ds: DatasetContext, folder: Folder) -> None:
+    """Drop cached contents and validated sidecar keys of folders that are not ``folder`` or above it.
+
+    Sidecars are inherited downwards only and folders are checked depth first, so nothing later
+    reads them again; memory then follows the folder depth, not the dataset size.
+    """
+    keep = set()
+    while folder is not None:
+        keep.add(folder.path)
+        folder = folder.parent
+    reader = ds.reader
+    for cache in (reader.json_cache, reader.tsv_cache):
+        for path in [p for p in cache if p[:p.rfind("/") + 1] not in keep]:
+            del cache[path]
+    ds.validated_keys = {a for a in ds.validated_keys if a[0][:a[0].rfind("/") + 1] in keep}
+
+
+def _shards(tree: Folder, jobs: int) -> list[list[str]]:
+    """The dataset's top-level entries ("" for the root's files) cut into about ``jobs`` runs of
+    similar file counts, in dataset order.
 
     Collections and inherited sidecars below the root then never span two shards, and issues
     come out in the same order whatever the number of shards.
     """
+    sizes = [("", len(tree.files))] + [(name, sum(1 for _ in sub.walk_files()) + 1)
+                                       for name, sub in tree.folders.items()]
+    total = sum(size for _, size in sizes)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    count = jobs or (cores if len(contexts) >= PARALLEL_FROM else 1)
+    count = jobs or (cores if total >= PARALLEL_FROM else 1)
     if count < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return [contexts]
-    shards: list[list[FileContext]] = [[]]
-    size = -(-len(contexts) // count)
-    previous = None
-    for ctx in contexts:
-        top = ctx.path.split("/", 2)[1] if ctx.path.count("/") > 1 else ""
-        if top != previous and len(shards[-1]) >= size and len(shards) < count:
+        return [[name for name, _ in sizes]]
+    shards: list[list[str]] = [[]]
+    filled, target = 0, -(-total // count)
+    for name, size in sizes:
+        if filled >= target and len(shards) < count:
             shards.append([])
-        shards[-1].append(ctx)
-        previous = top
+            filled = 0
+        shards[-1].append(name)
+        filled += size
     return shards
 
 
 _WORK: tuple | None = None   # (checks, shards) inherited by forked workers
 
 
-def _run_shards(check: _FileChecks, shards: list[list[FileContext]]) -> list[list[Issue]]:
+def _run_shards(check: _FileChecks, shards: list[list[str]]) -> list[list[Issue]]:
     """Issues of each shard: the first checked here, the others in forked processes at the same time.
 
     Workers inherit the dataset index and compiled rules by fork; they send back their issues and

@@ -426,6 +426,10 @@ def _accessors(node, out: set) -> None:
     if isinstance(node, ast.Function):
         if node.name == "exists":
             raise _NotMemoisable("exists()")
+        if (node.name == "type" and len(node.args) == 1 and isinstance(node.args[0], ast.Property)
+                and isinstance(node.args[0].name, str) and node.args[0].name in _FIELD_ROOTS):
+            out.add(("type", node.args[0].name, node.args[0].field))   # only the value's type matters
+            return
         for arg in node.args:
             _accessors(arg, out)
         return
@@ -446,7 +450,8 @@ def _accessors(node, out: set) -> None:
 def accessors(source: str) -> tuple | None:
     """The context values an expression can read, as (kind, root, name) triples; None if unbounded.
 
-    E.g. ``type(sidecar.IntendedFor) == "string"`` reads only ``("field", "sidecar", "IntendedFor")``.
+    E.g. ``sidecar.EchoTime > 1`` reads only ``("field", "sidecar", "EchoTime")``, and
+    ``type(json.QmrbidsProvenance) != "null"`` only the type of that value, ``("type", "json", ...)``.
     Equal values of these give equal results within one dataset, so results can be memoised.
     """
     found: set = set()
@@ -460,15 +465,16 @@ def accessors(source: str) -> tuple | None:
 def key_function(reads: tuple):
     """``f(ctx) -> hashable`` holding the values ``reads`` (from :func:`accessors`) name."""
     wholes = [root for kind, root, _ in reads if kind == "whole"]
-    by_root: dict[str, tuple[list, list]] = {}
+    by_root: dict[str, tuple[list, list, list]] = {}
     for kind, root, name in reads:
         if kind != "whole":
-            by_root.setdefault(root, ([], []))[0 if kind == "field" else 1].append(name)
-    groups = [(root, tuple(fields), tuple(present)) for root, (fields, present) in sorted(by_root.items())]
+            by_root.setdefault(root, ([], [], []))[{"field": 0, "has": 1, "type": 2}[kind]].append(name)
+    groups = [(root, tuple(fields), tuple(present), tuple(typed))
+              for root, (fields, present, typed) in sorted(by_root.items())]
 
     def key(ctx):
         out = [freeze(ctx.lookup(root)) for root in wholes]
-        for root, fields, present in groups:
+        for root, fields, present, typed in groups:
             value = ctx.lookup(root)
             if isinstance(value, dict):
                 values = tuple(map(value.get, fields))
@@ -479,6 +485,7 @@ def key_function(reads: tuple):
                 except TypeError:                           # lists or objects among the values
                     out.append(tuple(freeze(v) for v in values))
                 out.append(tuple(map(value.__contains__, present)))
+                out.append(tuple(js_type(value.get(name)) for name in typed))
             else:
                 out.append(("x", freeze(value)))
         return tuple(out)

@@ -29,15 +29,20 @@ def iter_contexts(ds: DatasetContext, prepared: PreparedSchema, folder: Folder):
     for file in folder.files.values():
         yield FileContext(file, ds)
     for sub in folder.folders.values():
-        name = sub.name
-        _, suffix, extension, ents = read_entities(name)
-        pseudo = bool(suffix) and bool(ents) and f"{extension}/" in prepared.pseudo_extensions
-        opaque = pseudo or sub.path.rstrip("/") in prepared.opaque_dirs
-        pseudo_file = File(name + "/", sub.path, 0 if not opaque else sum(f.size for f in sub.walk_files()),
-                           folder, ignored=sub.ignored)
-        yield FileContext(pseudo_file, ds, directory=not pseudo)
-        if not opaque:
-            yield from iter_contexts(ds, prepared, sub)
+        yield from subfolder_contexts(ds, prepared, sub)
+
+
+def subfolder_contexts(ds: DatasetContext, prepared: PreparedSchema, sub: Folder):
+    """A subfolder as a directory context (or one pseudo-file), then its content."""
+    name = sub.name
+    _, suffix, extension, ents = read_entities(name)
+    pseudo = bool(suffix) and bool(ents) and f"{extension}/" in prepared.pseudo_extensions
+    opaque = pseudo or sub.path.rstrip("/") in prepared.opaque_dirs
+    pseudo_file = File(name + "/", sub.path, 0 if not opaque else sum(f.size for f in sub.walk_files()),
+                       sub.parent, ignored=sub.ignored)
+    yield FileContext(pseudo_file, ds, directory=not pseudo)
+    if not opaque:
+        yield from iter_contexts(ds, prepared, sub)
 
 
 # ---------------------------------------------------------------- filename identification

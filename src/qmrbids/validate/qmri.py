@@ -54,7 +54,7 @@ class ObjectSchema:
 
     SPLITTABLE = frozenset({"$schema", "$id", "title", "description", "type", "required", "additionalProperties",
                             "properties"})
-    MAX_MEMO = 100_000
+    MAX_MEMO = 10_000
 
     def __init__(self, schema: dict):
         def make(definition):
