@@ -325,9 +325,15 @@ def _compile(node) -> Evaluator:
 
 
 @cache
+def parse(source: str):
+    """The bidsschematools AST of an expression, parsed once (compiling and memo keys both need it)."""
+    return ast.parse(source)
+
+
+@cache
 def compile_expression(source: str) -> Evaluator:
     """Compile a schema expression once; the result returns ``None`` where JavaScript would throw."""
-    tree = ast.parse(source)
+    tree = parse(source)
     inner = _compile(tree)
 
     def evaluate(ctx):
@@ -456,7 +462,7 @@ def accessors(source: str) -> tuple | None:
     """
     found: set = set()
     try:
-        _accessors(ast.parse(source), found)
+        _accessors(parse(source), found)
     except _NotMemoisable:
         return None
     return tuple(sorted(found, key=repr))
