@@ -140,7 +140,7 @@ class DatasetContext:
     description: dict
     subjects: dict
     issues: list[Issue] = field(default_factory=list)
-    validated_keys: set = field(default_factory=set)
+    validated_keys: dict = field(default_factory=dict)   # sidecar path -> names validated there
     rule_cache: dict = field(default_factory=dict)   # (rule set, kind of file) -> selection plan
     association_cache: dict = field(default_factory=dict)
     subject_cache: dict = field(default_factory=dict)

@@ -264,10 +264,9 @@ def _forget_outside(ds: DatasetContext, folder: Folder) -> None:
         keep.add(folder.path)
         folder = folder.parent
     reader = ds.reader
-    for cache in (reader.json_cache, reader.tsv_cache):
+    for cache in (reader.json_cache, reader.tsv_cache, ds.validated_keys):
         for path in [p for p in cache if p[:p.rfind("/") + 1] not in keep]:
             del cache[path]
-    ds.validated_keys = {a for a in ds.validated_keys if a[0][:a[0].rfind("/") + 1] in keep}
 
 
 def _shards(tree: Folder, jobs: int) -> list[list[str]]:

@@ -483,15 +483,18 @@ def key_function(reads: tuple):
         for root, fields, present, typed in groups:
             value = ctx.lookup(root)
             if isinstance(value, dict):
-                values = tuple(map(value.get, fields))
-                try:
-                    hash(values)
-                    out.append(values)
-                    out.append(tuple(map(type, values)))   # keeps 1, 1.0 and true apart
-                except TypeError:                           # lists or objects among the values
-                    out.append(tuple(freeze(v) for v in values))
-                out.append(tuple(map(value.__contains__, present)))
-                out.append(tuple(js_type(value.get(name)) for name in typed))
+                if fields:
+                    values = tuple(map(value.get, fields))
+                    try:
+                        hash(values)
+                        out.append(values)
+                        out.append(tuple(map(type, values)))   # keeps 1, 1.0 and true apart
+                    except TypeError:                           # lists or objects among the values
+                        out.append(tuple(map(freeze, values)))
+                if present:
+                    out.append(tuple(map(value.__contains__, present)))
+                if typed:
+                    out.append(tuple(map(js_type, map(value.get, typed))))
             else:
                 out.append(("x", freeze(value)))
         return tuple(out)

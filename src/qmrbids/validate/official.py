@@ -9,7 +9,7 @@ Dataset-level: missing dataset_description, sidecars no data file uses.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qmrbids.validate.context import (DatasetContext, FileContext, LoadError, load_associations,
                                       load_nifti_header, load_sidecar, read_entities)
@@ -224,6 +224,7 @@ class _FieldPlan:
     fields: list                     # (schema key, JSON name, requirement) in rule order
     addenda: tuple                   # sidecar keys whose value can change a level (level_addendum)
     missing: dict                    # (present names, addenda values) -> [(code, level, name, message)]
+    present_fields: dict = field(default_factory=dict)   # present names -> [(schema key, JSON name)]
 
 
 def _field_plan(rule, prepared: PreparedSchema) -> _FieldPlan:
@@ -276,22 +277,25 @@ def eval_fields(rule, ctx: FileContext, prepared: PreparedSchema) -> None:
     path, rule_id = ctx.path, rule.rule_id
     ctx.ds.issues.extend(Issue(code, level, path, message, name, None, rule_id)
                          for code, level, name, message in _missing_issues(rule, plan, present, ctx))
-    if not present:
-        return
-    validated = ctx.ds.validated_keys
+    checks = plan.present_fields.get(present)
+    if checks is None:
+        checks = [(key, name) for key, name, _ in plan.fields if name in present]
+        if len(plan.present_fields) < 4096:
+            plan.present_fields[present] = checks
+    validated = ctx.ds.validated_keys   # sidecar path -> names already validated there
     origin = ctx.sidecar_origin
-    for key, name, _ in plan.fields:
-        if name not in present:
-            continue
+    for key, name in checks:
         location = (origin if isinstance(origin, str) else origin.get(name, "")) if rule.is_sidecar else path
-        address = (location, name)
-        if rule.is_sidecar and address in validated:
+        done = validated.get(location) if rule.is_sidecar and location else None
+        if done is not None and name in done:
             continue
         for message in prepared.metadata_errors(key, data[name]):
             ctx.ds.issues.append(make("JSON_SCHEMA_VALIDATION_ERROR", location, f"{name}: {message}.", key=name,
                                       rule_id=rule_id))
         if rule.is_sidecar and location:
-            validated.add(address)
+            if done is None:
+                done = validated[location] = set()
+            done.add(name)
 
 
 def _type_ok(column: dict, value: str, prepared: PreparedSchema) -> bool:

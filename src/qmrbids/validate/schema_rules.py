@@ -63,8 +63,12 @@ class PreparedSchema:
 
     def metadata_errors(self, key: str, value: Any) -> list[str]:
         """JSON Schema errors of a metadata value (``objects.metadata``), memoised on the value."""
-        memo = (key, freeze(value))
-        hit = self._metadata_results.get(memo)
+        try:
+            memo = (key, value.__class__, value)   # the class keeps 1, 1.0 and true apart
+            hit = self._metadata_results.get(memo)
+        except TypeError:                           # lists and objects
+            memo = (key, freeze(value))
+            hit = self._metadata_results.get(memo)
         if hit is not None:
             return hit
         validator = self._metadata_validators.get(key)
