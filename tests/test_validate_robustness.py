@@ -124,6 +124,20 @@ def test_bidsignore_patterns(path, is_dir, ignored):
     assert rules.ignores(path, is_dir) is ignored
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([".*", "*.txt", "/extra/", "sub-*/junk/", "**/tmp", "docs", "*_T1w.json", "a?c"]),
+                max_size=6),
+       st.lists(st.sampled_from(["sub-01", "junk", "extra", "tmp", "docs", ".git", "x.txt", "abc", "sub-01_T1w.json"]),
+                min_size=1, max_size=4), st.booleans())
+def test_bidsignore_without_negation_matches_the_ordered_rules(patterns, parts, is_dir):
+    """The single alternation used when no pattern starts with "!" decides like last-match-wins."""
+    rules = IgnoreRules(patterns)
+    assert rules.any_match is not None
+    path = "/".join(parts)
+    ordered = any(regex.match(path) for regex, _, dir_only in rules.rules if is_dir or not dir_only)
+    assert rules.ignores(path, is_dir) is ordered
+
+
 def test_special_files_are_issues(tmp_path):
     _write(tmp_path, [])
     os.mkfifo(tmp_path / "sub-01_T1w.nii")

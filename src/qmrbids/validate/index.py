@@ -75,6 +75,11 @@ class IgnoreRules:
             anchored = "/" in line          # a slash at the start or in the middle anchors at the root
             line = line.lstrip("/")
             self.rules.append((re.compile(self._regex(line, anchored)), negate, dir_only))
+        # without "!" patterns a path is ignored if any pattern matches: one alternation per kind of path
+        self.any_match = None if any(negate for _, negate, _ in self.rules) else {
+            is_dir: re.compile("|".join(f"(?:{r.pattern})" for r, _, dir_only in self.rules
+                                        if is_dir or not dir_only) or "(?!)")
+            for is_dir in (False, True)}
 
     @staticmethod
     def _regex(glob: str, anchored: bool) -> str:
@@ -96,6 +101,8 @@ class IgnoreRules:
 
     def ignores(self, rel: str, is_dir: bool) -> bool:
         """Last matching pattern wins; "dir/" patterns match folders (their files inherit it)."""
+        if self.any_match is not None:
+            return self.any_match[is_dir].match(rel) is not None
         result = False
         for regex, negate, dir_only in self.rules:
             if (is_dir or not dir_only) and regex.match(rel):
@@ -151,7 +158,7 @@ def index_dataset(root: Path, extra_ignores: tuple[str, ...] = ()) -> DatasetInd
             continue
         for entry in sorted(entries, key=lambda e: e.name):
             name = entry.name
-            if any("\udc80" <= ch <= "\udcff" for ch in name):
+            if not name.isascii() and any("\udc80" <= ch <= "\udcff" for ch in name):
                 shown = os.fsencode(name).decode("utf-8", "backslashreplace")
                 issues.append(Issue("INVALID_FILENAME_ENCODING", "error", f"/{rel}/{shown}" if rel else "/" + shown,
                                     "File names must be valid UTF-8; rename this file."))
