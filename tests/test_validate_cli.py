@@ -171,3 +171,26 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(validate_package, "validate_dataset", interrupted)
     assert main(["validate", str(tmp_path)]) == 130
     assert capsys.readouterr().err.strip() == "qmrbids: interrupted; nothing partial was left behind"
+
+
+def test_shipped_parse_trees_are_those_of_the_installed_parser():
+    """validators/bids-expressions.json holds exactly bidsschematools' parse of every shipped expression.
+
+    If this fails after an upgrade or a rule change, regenerate the file with
+    ``qmrbids.validate.schema_rules.write_parsed_expressions()``.
+    """
+    from importlib.metadata import version
+
+    from bidsschematools import expressions as ast
+
+    from qmrbids.resources import data_path
+    from qmrbids.validate.expressions import PARSED_CACHE, from_data, parse, to_data
+    from qmrbids.validate.schema_rules import shipped_expressions
+
+    shipped = json.loads(data_path(*PARSED_CACHE).read_text())
+    assert shipped["bidsschematools"] == version("bidsschematools")
+    assert set(shipped["expressions"]) == shipped_expressions()
+    for source, tree in shipped["expressions"].items():
+        assert to_data(ast.parse(source)) == tree, source
+        assert str(from_data(tree)) == str(ast.parse(source)), source
+    assert to_data(parse('suffix == "VFA"')) == ["BinOp", "suffix", "==", '"VFA"']

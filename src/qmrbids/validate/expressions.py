@@ -8,6 +8,7 @@ Semantics follow the official (JavaScript) validator: loose ``==``, JS truthines
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
@@ -326,8 +327,88 @@ def _compile(node) -> Evaluator:
 
 @cache
 def parse(source: str):
-    """The bidsschematools AST of an expression, parsed once (compiling and memo keys both need it)."""
+    """The bidsschematools AST of an expression, parsed once (compiling and memo keys both need it).
+
+    The expressions of the pinned schema and of the qMRI rules come pre-parsed from
+    ``validators/bids-expressions.json`` (pyparsing takes 0.3 s for the ~500 of them); any other
+    expression, or any other bidsschematools version, is parsed here.
+    """
+    shipped = _shipped_trees()
+    if source in shipped:
+        return from_data(shipped[source])
     return ast.parse(source)
+
+
+PARSED_CACHE = ("validators", "bids-expressions.json")
+
+
+@cache
+def _shipped_trees() -> dict:
+    from importlib.metadata import version
+
+    from qmrbids.resources import data_path
+
+    try:
+        data = json.loads(data_path(*PARSED_CACHE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data["expressions"] if data.get("bidsschematools") == version("bidsschematools") else {}
+
+
+def to_data(node):
+    """A JSON form of a bidsschematools AST (lists tagged by node type; strings and numbers as such)."""
+    if isinstance(node, (str, int, float)):
+        return node
+    if isinstance(node, ast.Property):
+        return ["Property", to_data(node.name), node.field]
+    if isinstance(node, ast.Element):
+        return ["Element", to_data(node.name), to_data(node.index)]
+    if isinstance(node, ast.Function):
+        return ["Function", node.name, [to_data(a) for a in node.args]]
+    if isinstance(node, ast.BinOp):
+        return ["BinOp", to_data(node.lh), node.op, to_data(node.rh)]
+    if isinstance(node, ast.RightOp):
+        return ["RightOp", node.op, to_data(node.rh)]
+    if isinstance(node, ast.Array):
+        return ["Array", [to_data(e) for e in node.elements]]
+    if isinstance(node, ast.Object):
+        return ["Object"]
+    raise ValueError(f"cannot store {node!r}")
+
+
+def from_data(data):
+    """The AST that :func:`to_data` stored."""
+    if not isinstance(data, list):
+        return data
+    kind, *rest = data
+    if kind == "Property":
+        return ast.Property(from_data(rest[0]), rest[1])
+    if kind == "Element":
+        return ast.Element(from_data(rest[0]), from_data(rest[1]))
+    if kind == "Function":
+        return ast.Function(rest[0], [from_data(a) for a in rest[1]])
+    if kind == "BinOp":
+        return ast.BinOp([from_data(rest[0]), rest[1], from_data(rest[2])])
+    if kind == "RightOp":
+        return ast.RightOp([rest[0], from_data(rest[1])])
+    if kind == "Array":
+        return ast.Array([from_data(e) for e in rest[0]])
+    return ast.Object([])
+
+
+def schema_expressions(node) -> set[str]:
+    """Every selector and check expression under a schema or rule-file node."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("selectors", "checks") and isinstance(value, list):
+                found.update(v for v in value if isinstance(v, str))
+            else:
+                found |= schema_expressions(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= schema_expressions(value)
+    return found
 
 
 @cache

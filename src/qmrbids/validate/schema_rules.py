@@ -6,6 +6,7 @@ selectors into a :class:`~qmrbids.validate.rules.RuleSet`.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -14,7 +15,7 @@ from typing import Any
 import jsonschema
 
 from qmrbids.schema.bids import bids_schema
-from qmrbids.validate.expressions import compile_expression, freeze
+from qmrbids.validate.expressions import PARSED_CACHE, compile_expression, freeze, schema_expressions, to_data
 from qmrbids.validate.rules import Rule, RuleSet
 
 
@@ -173,3 +174,36 @@ def prepare(schema: dict) -> PreparedSchema:
 def official_schema() -> PreparedSchema:
     """The pinned BIDS schema of the installed bidsschematools, prepared once per process."""
     return prepare(bids_schema().to_dict())
+
+
+def shipped_expressions() -> set[str]:
+    """The expressions of the pinned BIDS schema and of every shipped qMRI rule file."""
+    import yaml
+
+    from qmrbids.resources import data_path
+
+    found = schema_expressions(bids_schema().to_dict())
+    rule_files = [*data_path("schema").glob("*/rules/*.yaml"), *data_path("validators").glob("*.yaml")]
+    for path in rule_files:
+        found |= schema_expressions(yaml.safe_load(path.read_text()))
+    return found
+
+
+def write_parsed_expressions() -> int:
+    """Rewrite ``validators/bids-expressions.json`` after bidsschematools or a rule file changes.
+
+    Run ``python -c "from qmrbids.validate.schema_rules import write_parsed_expressions as w; w()"``;
+    tests/test_validate_cli.py fails until the shipped file matches. Returns the expression count.
+    """
+    from importlib.metadata import version
+
+    from bidsschematools import expressions as ast
+
+    from qmrbids.io import atomic_write_text
+    from qmrbids.resources import data_path
+
+    sources = sorted(shipped_expressions())
+    trees = {source: to_data(ast.parse(source)) for source in sources}
+    atomic_write_text(data_path(*PARSED_CACHE), json.dumps(
+        {"bidsschematools": version("bidsschematools"), "expressions": trees}, separators=(",", ":")) + "\n")
+    return len(trees)
