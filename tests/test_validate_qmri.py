@@ -192,3 +192,33 @@ def test_converted_phantom_is_valid(phantom_bids):
     assert [i for i in report.issues if i.level == "error"] == []
     assert report.files > 50
     assert bids_validator_errors(dataset) == []  # the version key is acceptable to the official validator
+
+
+@needs_examples
+def test_gzip_header_privacy_warnings_as_the_official_validator(tmp_path):
+    """A NIfTI gzip header with the source file name and a time leaks both; deno warns, so do we."""
+    import gzip
+    import subprocess
+
+    import nibabel as nib
+    import numpy as np
+
+    ds = _copy("qmri_vfa", tmp_path)
+    shutil.rmtree(ds / "derivatives")
+    image = nib.Nifti1Image(np.ones((4, 4, 2), dtype=np.float32), np.eye(4)).to_bytes()
+    leaky = ds / "sub-01" / "anat" / "sub-01_flip-1_VFA.nii.gz"
+    clean = ds / "sub-01" / "anat" / "sub-01_flip-2_VFA.nii.gz"
+    for target in (leaky, clean):
+        target.chmod(0o644)
+    with open(leaky, "wb") as raw, gzip.GzipFile("DOE_JOHN_T1.nii", "wb", fileobj=raw, mtime=1700000000) as out:
+        out.write(image)
+    clean.write_bytes(gzip.compress(image, mtime=0))
+
+    report = validate_dataset(ds)
+    ours = {(i.code, i.path) for i in report.issues if i.code.startswith("GZIP_")}
+    leaky_path = "/sub-01/anat/sub-01_flip-1_VFA.nii.gz"
+    assert ours == {("GZIP_HEADER_MTIME", leaky_path), ("GZIP_HEADER_FILENAME", leaky_path)}
+    run = subprocess.run([shutil.which("bids-validator-deno"), str(ds), "--json"], capture_output=True, text=True)
+    official = {(i["code"], i["location"]) for i in json.loads(run.stdout)["issues"]["issues"]
+                if i["code"].startswith("GZIP_")}
+    assert official == ours

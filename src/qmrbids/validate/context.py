@@ -61,10 +61,11 @@ class FileReader:
     def abspath(self, file: File) -> Path:
         return self.root / file.path[1:]
 
-    def read(self, file: File) -> bytes:
-        """The file's bytes (a plain string path: pathlib costs more than the read of a sidecar)."""
+    def read(self, file: File, limit: int = -1) -> bytes:
+        """The file's bytes, or its first ``limit`` (a plain string path: pathlib costs more than the
+        read of a sidecar)."""
         with open(self._root_text + file.path, "rb") as handle:
-            return handle.read()
+            return handle.read(limit)
 
     def json(self, file: File) -> dict:
         hit = self.json_cache.get(file.path)
@@ -165,7 +166,7 @@ class FileContext:
     """The ``context`` of one file; attributes are what the expressions name."""
 
     __slots__ = ("file", "ds", "path", "size", "entities", "datatype", "suffix", "extension", "modality",
-                 "sidecar", "sidecar_origin", "associations", "columns", "json", "nifti_header", "subject",
+                 "sidecar", "sidecar_origin", "associations", "columns", "json", "nifti_header", "gzip", "subject",
                  "directory")
 
     def __init__(self, file: File, ds: DatasetContext, directory: bool = False):
@@ -183,13 +184,14 @@ class FileContext:
         self.columns: dict = {}
         self.json: dict = {}
         self.nifti_header = None
+        self.gzip = None
         self.subject = None
         self.directory = directory
 
     def release(self) -> None:
         """Drop what only the per-file rules needed, for contexts kept until the collection rules."""
         self.sidecar_origin = self.associations = self.columns = self.json = {}
-        self.nifti_header = self.subject = None
+        self.nifti_header = self.gzip = self.subject = None
 
     def lookup(self, name: str):
         getter = _GETTERS.get(name)
@@ -209,7 +211,7 @@ class FileContext:
 
 _GETTERS = {name: (lambda ctx, n=name: getattr(ctx, n)) for name in (
     "path", "size", "entities", "datatype", "suffix", "extension", "modality", "sidecar", "associations",
-    "columns", "json", "nifti_header", "subject")}
+    "columns", "json", "nifti_header", "gzip", "subject")}
 _GETTERS["dataset"] = lambda ctx: ctx.ds.value()
 _GETTERS["schema"] = lambda ctx: ctx.ds.schema
 
@@ -317,6 +319,35 @@ def load_associations(ctx: FileContext, prepared) -> None:
         except (LoadError, OSError):
             pass
         ctx.associations[name] = value
+
+
+def load_gzip_header(ctx: FileContext) -> None:
+    """``gzip`` of the expressions: the timestamp, file name and comment in a .gz file's header
+    (RFC 1952; the standard library reads but does not expose the name and comment)."""
+    if not ctx.extension.endswith(".gz") or ctx.size == 0:
+        return
+    try:
+        head = ctx.ds.reader.read(ctx.file, GZIP_HEADER_BYTES)
+    except OSError:
+        return
+    if len(head) < 10 or head[:3] != b"\x1f\x8b\x08":
+        return
+    flags = head[3]
+    header: dict = {"timestamp": int.from_bytes(head[4:8], "little")}
+    at = 10
+    if flags & 4:   # FEXTRA
+        at += 2 + int.from_bytes(head[at:at + 2], "little")
+    for bit, name in ((8, "filename"), (16, "comment")):   # FNAME, FCOMMENT: zero-terminated latin-1
+        if flags & bit:
+            end = head.find(b"\0", at)
+            if end == -1:
+                return
+            header[name] = head[at:end].decode("latin-1")
+            at = end + 1
+    ctx.gzip = header
+
+
+GZIP_HEADER_BYTES = 65536   # name and comment fields longer than this are not read
 
 
 def load_nifti_header(ctx: FileContext) -> None:

@@ -461,8 +461,8 @@ def _names(node) -> frozenset[str]:
 # ---------------------------------------------------------------- memoisation of selectors
 
 # Roots whose first-level properties a memo key may read; the second set may also be read whole.
-_FIELD_ROOTS = frozenset({"sidecar", "json", "associations", "nifti_header", "columns", "subject", "entities"})
-_WHOLE_ROOTS = frozenset({"nifti_header", "associations", "subject", "entities", "suffix", "extension", "datatype",
+_FIELD_ROOTS = frozenset({"sidecar", "json", "associations", "nifti_header", "gzip", "columns", "subject", "entities"})
+_WHOLE_ROOTS = frozenset({"nifti_header", "gzip", "associations", "subject", "entities", "suffix", "extension", "datatype",
                           "modality", "path", "size"})
 _PER_DATASET = frozenset({"dataset", "schema"})
 

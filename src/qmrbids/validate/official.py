@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from qmrbids.validate.context import (DatasetContext, FileContext, LoadError, load_associations,
-                                      load_nifti_header, load_sidecar, read_entities)
+                                      load_gzip_header, load_nifti_header, load_sidecar, read_entities)
 from qmrbids.validate.expressions import freeze
 from qmrbids.validate.index import File, Folder
 from qmrbids.validate.issues import Issue, make
@@ -428,6 +428,7 @@ def load_context(ctx: FileContext, prepared: PreparedSchema, read_headers: bool)
         except LoadError as error:
             ds.issues.append(make(error.code, ctx.path, error.detail))
     load_associations(ctx, prepared)
+    load_gzip_header(ctx)
     if read_headers:
         load_nifti_header(ctx)
     sub = ctx.entities.get("sub")
