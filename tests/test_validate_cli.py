@@ -84,6 +84,7 @@ def test_json_issues_are_each_issue_as_a_dict():
     out = io.StringIO()
     write_json(Report("", issues, "1", "2", None, 3), out)
     assert json.loads(out.getvalue())["issues"] == [i.to_dict() for i in issues]
+    assert __import__("gc").isenabled()   # the collector paused for the writing is running again
 
 
 @needs_examples

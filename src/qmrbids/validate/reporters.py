@@ -17,7 +17,7 @@ from operator import itemgetter
 from typing import TextIO
 from xml.etree import ElementTree as ET
 
-from qmrbids.validate.engine import Report
+from qmrbids.validate.engine import Report, no_cycle_collection
 from qmrbids.validate.issues import Issue
 
 INFO_URI = "https://github.com/qmrbids/qmrbids"
@@ -29,6 +29,7 @@ def _ordered(report: Report):
     return sorted(report.all_issues(), key=lambda i: (rank.get(i.level, 3), i.code, i.dataset, i.path))
 
 
+@no_cycle_collection()
 def write_json(report: Report, out: TextIO) -> None:
     """The JSON report, written issue by issue (a large dataset has hundreds of thousands)."""
     issues = _ordered(report)
@@ -79,6 +80,7 @@ class _Encoded(dict):
         return text
 
 
+@no_cycle_collection()
 def to_text(report: Report, colour: bool = False, per_code: int = 3) -> str:
     paint = {"error": "\033[31m", "warning": "\033[33m", "info": "\033[36m"} if colour else {}
     reset = "\033[0m" if colour else ""
@@ -104,6 +106,7 @@ def to_text(report: Report, colour: bool = False, per_code: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
+@no_cycle_collection()
 def write_sarif(report: Report, out: TextIO) -> None:
     """SARIF 2.1.0 for GitHub code scanning: one rule per code, one result per issue (streamed)."""
     issues = _ordered(report)
@@ -162,6 +165,7 @@ def to_junit(report: Report) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
 
+@no_cycle_collection()
 def write_junit(report: Report, out: TextIO) -> None:
     out.write(to_junit(report))
 
