@@ -224,7 +224,6 @@ class _FieldPlan:
     fields: list                     # (schema key, JSON name, requirement) in rule order
     addenda: tuple                   # sidecar keys whose value can change a level (level_addendum)
     missing: dict                    # (present names, addenda values) -> [(code, level, name, message)]
-    present_fields: dict = field(default_factory=dict)   # present names -> [(schema key, JSON name)]
 
 
 def _field_plan(rule, prepared: PreparedSchema) -> _FieldPlan:
@@ -268,31 +267,72 @@ def _missing_issues(rule, plan: _FieldPlan, present: frozenset, ctx: FileContext
     return out
 
 
-def eval_fields(rule, ctx: FileContext, prepared: PreparedSchema) -> None:
-    if rule.is_sidecar and ctx.extension in NO_SIDECAR_EXTENSIONS:
+@dataclass(eq=False)
+class _FieldGroup:
+    """The ``fields`` rules selected together for a file (all sidecar rules, or all JSON-file
+    rules), checked in one pass: absent fields, then each present field against its JSON Schema."""
+
+    rules: tuple
+    plans: tuple
+    sidecar: bool
+    names: frozenset                 # JSON names of all the rules' fields
+    addenda: tuple                   # sidecar keys that can change a level
+    missing: dict = field(default_factory=dict)   # (present, addenda values) -> [(code, level, name, message, rule id)]
+    checks: dict = field(default_factory=dict)    # present -> [(schema key, JSON name, rule id)]
+
+
+def _field_group(rules: tuple, prepared: PreparedSchema) -> _FieldGroup:
+    group = prepared.field_plans.get(rules)
+    if group is None:
+        plans = tuple(_field_plan(rule, prepared) for rule in rules)
+        group = prepared.field_plans[rules] = _FieldGroup(
+            rules, plans, rules[0].is_sidecar, frozenset().union(*(p.names for p in plans)),
+            tuple(sorted({a for p in plans for a in p.addenda})))
+    return group
+
+
+def eval_fields(rules: tuple, ctx: FileContext, prepared: PreparedSchema) -> None:
+    """Missing and invalid metadata for the ``fields`` rules of one file (in rule order).
+
+    A sidecar field is validated once per sidecar that holds it, by the first rule naming it:
+    an inherited sidecar's error is reported once, not once per file or per rule.
+    """
+    group = _field_group(rules, prepared)
+    if group.sidecar and ctx.extension in NO_SIDECAR_EXTENSIONS:
         return
-    data = ctx.sidecar if rule.is_sidecar else ctx.json
-    plan = _field_plan(rule, prepared)
-    present = plan.names.intersection(data)
-    path, rule_id = ctx.path, rule.rule_id
+    data = ctx.sidecar if group.sidecar else ctx.json
+    present = group.names.intersection(data)
+    path = ctx.path
+    key = (present, tuple(freeze(ctx.sidecar.get(n)) for n in group.addenda)) if group.addenda else present
+    missing = group.missing.get(key)
+    if missing is None:
+        missing = [(*found, rule.rule_id) for rule, plan in zip(group.rules, group.plans)
+                   for found in _missing_issues(rule, plan, present, ctx)]
+        if len(group.missing) < 4096:
+            group.missing[key] = missing
     ctx.ds.issues.extend(Issue(code, level, path, message, name, None, rule_id)
-                         for code, level, name, message in _missing_issues(rule, plan, present, ctx))
-    checks = plan.present_fields.get(present)
+                         for code, level, name, message, rule_id in missing)
+    checks = group.checks.get(present)
     if checks is None:
-        checks = [(key, name) for key, name, _ in plan.fields if name in present]
-        if len(plan.present_fields) < 4096:
-            plan.present_fields[present] = checks
+        checks, seen = [], set()
+        for rule, plan in zip(group.rules, group.plans):
+            for schema_key, name, _ in plan.fields:
+                if name in present and not (group.sidecar and name in seen):
+                    checks.append((schema_key, name, rule.rule_id))
+                    seen.add(name)
+        if len(group.checks) < 4096:
+            group.checks[present] = checks
     validated = ctx.ds.validated_keys   # sidecar path -> names already validated there
     origin = ctx.sidecar_origin
-    for key, name in checks:
-        location = (origin if isinstance(origin, str) else origin.get(name, "")) if rule.is_sidecar else path
-        done = validated.get(location) if rule.is_sidecar and location else None
+    for schema_key, name, rule_id in checks:
+        location = (origin if isinstance(origin, str) else origin.get(name, "")) if group.sidecar else path
+        done = validated.get(location) if group.sidecar and location else None
         if done is not None and name in done:
             continue
-        for message in prepared.metadata_errors(key, data[name]):
+        for message in prepared.metadata_errors(schema_key, data[name]):
             ctx.ds.issues.append(make("JSON_SCHEMA_VALIDATION_ERROR", location, f"{name}: {message}.", key=name,
                                       rule_id=rule_id))
-        if rule.is_sidecar and location:
+        if group.sidecar and location:
             if done is None:
                 done = validated[location] = set()
             done.add(name)
@@ -398,6 +438,7 @@ def eval_columns(rule, ctx: FileContext, prepared: PreparedSchema) -> None:
 
 def apply_rules(ctx: FileContext, prepared: PreparedSchema) -> None:
     issues = ctx.ds.issues
+    sidecar_fields, json_fields = [], []
     for rule in prepared.rules.select(ctx, ctx.ds.rule_cache):
         spec = rule.spec
         if "checks" in spec and not rule.checks_pass(ctx, ctx.ds.rule_cache):
@@ -408,9 +449,12 @@ def apply_rules(ctx: FileContext, prepared: PreparedSchema) -> None:
             else:
                 issues.append(make("CHECK_ERROR", ctx.path, rule_id=rule.rule_id))
         if "fields" in spec:
-            eval_fields(rule, ctx, prepared)
+            (sidecar_fields if rule.is_sidecar else json_fields).append(rule)
         if "columns" in spec:
             eval_columns(rule, ctx, prepared)
+    for rules in (sidecar_fields, json_fields):
+        if rules:
+            eval_fields(tuple(rules), ctx, prepared)
 
 
 def load_context(ctx: FileContext, prepared: PreparedSchema, read_headers: bool) -> None:
