@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Callable
 from functools import cache, lru_cache
+from operator import attrgetter
 from typing import Any
 
 from bidsschematools import expressions as ast
@@ -556,13 +557,14 @@ def key_function(reads: tuple):
     for kind, root, name in reads:
         if kind != "whole":
             by_root.setdefault(root, ([], [], []))[{"field": 0, "has": 1, "type": 2}[kind]].append(name)
-    groups = [(root, tuple(fields), tuple(present), tuple(typed))
+    groups = [(attrgetter(root), tuple(fields), tuple(present), tuple(typed))
               for root, (fields, present, typed) in sorted(by_root.items())]
+    whole_getters = [attrgetter(root) for root in wholes]
 
-    def key(ctx):
-        out = [freeze(ctx.lookup(root)) for root in wholes]
-        for root, fields, present, typed in groups:
-            value = ctx.lookup(root)
+    def key(ctx):   # ctx: a file context; every root read here is one of its attributes
+        out = [freeze(get(ctx)) for get in whole_getters]
+        for get, fields, present, typed in groups:
+            value = get(ctx)
             if isinstance(value, dict):
                 if fields:
                     values = tuple(map(value.get, fields))
@@ -574,8 +576,8 @@ def key_function(reads: tuple):
                         out.append(tuple(map(freeze, values)))
                 if present:
                     out.append(tuple(map(value.__contains__, present)))
-                if typed:
-                    out.append(tuple(map(js_type, map(value.get, typed))))
+                if typed:   # the Python class decides the JavaScript type
+                    out.append(tuple(map(type, map(value.get, typed))))
             else:
                 out.append(("x", freeze(value)))
         return tuple(out)
