@@ -134,38 +134,38 @@ def participants_missing_subject(root):
     (root / "participants.tsv").write_text("participant_id\tage\nsub-nobody\t30\n")
 
 
+def _participants(root, header: str, row) -> None:
+    """participants.tsv with ``header`` and ``row(subject)`` for each subject folder."""
+    subs = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
+    (root / "participants.tsv").write_text(header + "".join(row(s) for s in subs))
+
+
 def participants_bad_header(root):
     (root / "participants.tsv").write_text("age\tparticipant_id\n30\tsub-01\n")
 
 
 def participants_unequal_row(root):
-    subs = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
-    (root / "participants.tsv").write_text("participant_id\tage\n" + "".join(f"{s}\t30\textra\n" for s in subs))
+    _participants(root, "participant_id\tage\n", lambda s: f"{s}\t30\textra\n")
 
 
 def participants_duplicate_column(root):
-    subs = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
-    (root / "participants.tsv").write_text("participant_id\tage\tage\n" + "".join(f"{s}\t30\t31\n" for s in subs))
+    _participants(root, "participant_id\tage\tage\n", lambda s: f"{s}\t30\t31\n")
 
 
 def participants_empty_line(root):
-    subs = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
-    (root / "participants.tsv").write_text("participant_id\n\n" + "".join(f"{s}\n" for s in subs))
+    _participants(root, "participant_id\n\n", lambda s: f"{s}\n")
 
 
 def participants_bad_id(root):
-    subs = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
-    (root / "participants.tsv").write_text("participant_id\n" + "".join(f"{s[4:]}\n" for s in subs))
+    _participants(root, "participant_id\n", lambda s: f"{s[4:]}\n")
 
 
 def participants_bad_values(root):
-    subs = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
-    (root / "participants.tsv").write_text("participant_id\tage\tsex\n" + "".join(f"{s}\tabc\tQ\n" for s in subs))
+    _participants(root, "participant_id\tage\tsex\n", lambda s: f"{s}\tabc\tQ\n")
 
 
 def duplicate_participant(root):
-    subs = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
-    (root / "participants.tsv").write_text("participant_id\n" + "".join(f"{s}\n{s}\n" for s in subs))
+    _participants(root, "participant_id\n", lambda s: f"{s}\n{s}\n")
 
 
 def intended_for_missing(root):

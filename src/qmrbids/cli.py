@@ -547,6 +547,9 @@ def run(
     raise typer.Exit(report.exit_code)
 
 
+INTERRUPTED = 130   # the exit code of a command stopped by Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app and turn every failure into one line and an exit code."""
     command = typer.main.get_command(app)
@@ -574,8 +577,6 @@ def main(argv: list[str] | None = None) -> int:
         err.print("qmrbids: interrupted; nothing partial was left behind", markup=False)
     return result if isinstance(result, int) else 0
 
-
-INTERRUPTED = 130
 
 
 # ---------------------------------------------------------------- qmrbids validate

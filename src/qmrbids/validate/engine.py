@@ -16,6 +16,7 @@ from pathlib import Path
 from qmrbids import __version__
 from qmrbids.validate.context import DatasetContext, FileContext, FileReader, LoadError
 from qmrbids.validate.index import Folder, index_dataset
+from qmrbids.validate import qmri
 from qmrbids.validate.issues import RANK, Issue, make
 from qmrbids.validate.official import (apply_rules, check_filename, load_context, subfolder_contexts,
                                        unused_sidecars)
@@ -142,8 +143,6 @@ def validate_dataset(path: Path, options: Options | None = None, _label: str = "
                         subjects=subjects, issues=issues)
     extension = None
     if not options.strict_official:
-        from qmrbids.validate import qmri
-
         extension = qmri.load_extension(options.schema_version or qmri.declared_version(description))
     check = _FileChecks(ds, prepared, extension, dataset_type, options.read_nifti_headers,
                         skip_derivatives=description["DatasetType"] == "raw")
@@ -210,8 +209,6 @@ class _FileChecks:
 
     def __call__(self, shard: list[str]) -> list[Issue]:
         """Issues of a shard's files, holding only the current folder's contents in memory."""
-        from qmrbids.validate import qmri
-
         ds, prepared, extension = self.ds, self.prepared, self.extension
         start = len(ds.issues)
         collections: list[Issue] = []
@@ -246,8 +243,6 @@ class _FileChecks:
     def _collections(self, nifti: list[FileContext]) -> list[Issue]:
         if self.extension is None or not nifti:
             return []
-        from qmrbids.validate import qmri
-
         found = qmri.apply_collections(self.extension, nifti)
         for ctx in nifti:
             ctx.sidecar = {}

@@ -282,10 +282,10 @@ class _FieldGroup:
 
 
 def _field_group(rules: tuple, prepared: PreparedSchema) -> _FieldGroup:
-    group = prepared.field_plans.get(rules)
+    group = prepared.field_groups.get(rules)
     if group is None:
         plans = tuple(_field_plan(rule, prepared) for rule in rules)
-        group = prepared.field_plans[rules] = _FieldGroup(
+        group = prepared.field_groups[rules] = _FieldGroup(
             rules, plans, rules[0].is_sidecar, frozenset().union(*(p.names for p in plans)),
             tuple(sorted({a for p in plans for a in p.addenda})))
     return group

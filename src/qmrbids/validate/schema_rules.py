@@ -47,7 +47,8 @@ class PreparedSchema:
     opaque_dirs: frozenset[str]
     pseudo_extensions: frozenset[str]
     file_rule_order: dict = field(default_factory=dict)
-    field_plans: dict = field(default_factory=dict)
+    field_plans: dict = field(default_factory=dict)     # fields rule -> its plan
+    field_groups: dict = field(default_factory=dict)    # fields rules selected together -> their group
     _labels: dict = field(default_factory=dict)
     _metadata_validators: dict = field(default_factory=dict)
     _metadata_results: dict = field(default_factory=dict)
