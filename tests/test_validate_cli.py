@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -43,6 +45,19 @@ def test_exit_codes(broken, capsys):
     assert main(["validate", str(broken), "--config", str(broken / "notes.txt")]) == 2
     err = capsys.readouterr().err
     assert err.count("qmrbids: error:") == 2 and "Traceback" not in err
+
+
+@needs_examples
+def test_the_executable_exits_with_the_report_complete(broken, tmp_path):
+    """``python -m qmrbids`` (the console script's path) skips the final collection, not the exit code or output."""
+    out = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, "-m", "qmrbids", "validate", str(broken), "--config", CONFIG,
+                           "--format", "json", "-o", str(out)], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert "QMR_VFA_TOO_FEW_FLIP_ANGLES" in json.loads(out.read_text())["summary"]["codes"]
+    printed = subprocess.run([sys.executable, "-m", "qmrbids", "validate", str(EXAMPLES / "qmri_vfa"), "--config",
+                              CONFIG], capture_output=True, text=True)
+    assert printed.returncode == 0 and re.search(r"19 files: 0 errors, \d+ warnings\n$", printed.stdout), printed.stdout
 
 
 @needs_examples

@@ -1,5 +1,3 @@
-import sys
+from qmrbids.cli import run
 
-from qmrbids.cli import main
-
-sys.exit(main())
+run()
