@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from conftest import SHARED_DATA, bids_validator_errors
 from qmrbids.resources import data_path
 from qmrbids.validate import Options, validate_dataset
+from qmrbids.schema.bids import bids_schema
 from qmrbids.validate.qmri import ObjectSchema, UnknownVersion, known_versions
+from qmrbids.validate.quick_accept import acceptor
 
 EXAMPLES = SHARED_DATA / "bids-examples"
 needs_examples = pytest.mark.skipif(not EXAMPLES.is_dir(), reason=f"{EXAMPLES} (the BIDS examples) is absent")
@@ -169,6 +171,47 @@ def test_provenance_schema_split_equals_whole_validation(value):
     expected = sorted(("/".join(map(str, e.absolute_path)), e.message) for e in whole.iter_errors(value))
     assert sorted(schema.errors(value)) == expected
     assert sorted(schema.errors(value)) == expected   # memoised answers too
+
+
+def _simple_definitions() -> list[tuple[dict, bool]]:
+    metadata = bids_schema().to_dict()["objects"]["metadata"]
+    found = [({k: v for k, v in d.items() if k not in ("name", "display_name", "description")}, False)
+             for d in metadata.values()]
+    return found + [(d, True) for d in PROVENANCE_SCHEMA["properties"].values()]
+
+
+SIMPLE_DEFINITIONS = _simple_definitions()
+_PROBES = [None, True, False, 0, 1, -1, 2, 0.5, -0.5, 1.0, 1e9, float("nan"), float("inf"), "", "x", "a" * 64, "A" * 64,
+           "n/a", "2026-01-01T00:00:00Z", [], [1], {}, {"a": 1}]
+
+
+def test_quick_acceptance_never_accepts_what_jsonschema_rejects():
+    """For every metadata and provenance definition, on probe values around its types, enums and bounds."""
+    accepted = 0
+    for definition, format_asserts in SIMPLE_DEFINITIONS:
+        accept = acceptor(definition, format_asserts=format_asserts, ignored=frozenset({"unit"}))
+        if accept is None:
+            continue
+        near = [b + d for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if k in definition
+                for b in [definition[k]] for d in (-1, -1e-9, 0, 1e-9, 1)]
+        checker = jsonschema.Draft202012Validator.FORMAT_CHECKER if format_asserts else None
+        validator = jsonschema.Draft202012Validator(definition, format_checker=checker)
+        for value in [*_PROBES, *definition.get("enum", []), *near]:
+            if accept(value):
+                accepted += 1
+                assert list(validator.iter_errors(value)) == [], (definition, value)
+    assert accepted > 1000   # the probes do reach the accepting side
+
+
+def test_quick_acceptance_covers_the_common_metadata():
+    """Most metadata definitions get a quick test; those with other keywords are left to jsonschema."""
+    accepted = [acceptor(d, format_asserts=f, ignored=frozenset({"unit"})) for d, f in SIMPLE_DEFINITIONS]
+    assert sum(a is not None for a in accepted) > 300
+    sha = acceptor(PROVENANCE_SCHEMA["properties"]["NiftiSHA256"], format_asserts=True)
+    assert sha("a" * 64) and not sha("A" * 64) and not sha(64)
+    assert acceptor(PROVENANCE_SCHEMA["properties"]["ConvertedAt"], format_asserts=True) is None   # format asserts
+    echo = acceptor({"type": "number", "exclusiveMinimum": 0}, format_asserts=False)
+    assert echo(0.002) and not echo(0) and not echo(True) and not echo(float("nan"))
 
 
 @needs_examples

@@ -16,6 +16,7 @@ import jsonschema
 
 from qmrbids.schema.bids import bids_schema
 from qmrbids.validate.expressions import PARSED_CACHE, compile_expression, freeze, schema_expressions, to_data
+from qmrbids.validate.quick_accept import acceptor
 from qmrbids.validate.rules import Rule, RuleSet
 
 
@@ -50,7 +51,7 @@ class PreparedSchema:
     field_plans: dict = field(default_factory=dict)     # fields rule -> its plan
     field_groups: dict = field(default_factory=dict)    # fields rules selected together -> their group
     _labels: dict = field(default_factory=dict)
-    _metadata_validators: dict = field(default_factory=dict)
+    _metadata_validators: dict = field(default_factory=dict)   # key -> (quick acceptor or None, jsonschema validator)
     _metadata_results: dict = field(default_factory=dict)
 
     def label_ok(self, key: str, label: str) -> bool:
@@ -73,13 +74,15 @@ class PreparedSchema:
             hit = self._metadata_results.get(memo)
         if hit is not None:
             return hit
-        validator = self._metadata_validators.get(key)
-        if validator is None:
+        judges = self._metadata_validators.get(key)
+        if judges is None:
             definition = {k: v for k, v in self.schema["objects"]["metadata"][key].items()
                           if k not in ("name", "display_name", "description")}
-            validator = jsonschema.Draft202012Validator(definition)
-            self._metadata_validators[key] = validator
-        errors = [e.message for e in validator.iter_errors(value)]
+            judges = self._metadata_validators[key] = (
+                acceptor(definition, format_asserts=False, ignored=frozenset({"unit"})),
+                jsonschema.Draft202012Validator(definition))
+        accept, validator = judges
+        errors = [] if accept is not None and accept(value) else [e.message for e in validator.iter_errors(value)]
         if len(self._metadata_results) < 100000:
             self._metadata_results[memo] = errors
         return errors
