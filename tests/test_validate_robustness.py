@@ -143,3 +143,17 @@ def test_special_files_are_issues(tmp_path):
     os.mkfifo(tmp_path / "sub-01_T1w.nii")
     found = {(i.code, i.path) for i in validate_dataset(tmp_path).issues}
     assert ("FILE_READ", "/sub-01_T1w.nii") in found
+
+
+def test_a_file_that_grew_after_indexing_is_read_whole(tmp_path):
+    from qmrbids.validate.context import FileReader
+    from qmrbids.validate.index import index_dataset
+
+    _write(tmp_path, [])
+    sidecar = tmp_path / "task-rest_bold.json"
+    sidecar.write_bytes(b'{"RepetitionTime": 2}')
+    file = index_dataset(tmp_path).tree.files["task-rest_bold.json"]
+    sidecar.write_bytes(b'{"RepetitionTime": 2, "TaskName": "rest"}')
+    reader = FileReader(tmp_path)
+    assert reader.json(file) == {"RepetitionTime": 2, "TaskName": "rest"}
+    assert reader.read(file, 5) == b'{"Rep'
