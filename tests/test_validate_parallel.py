@@ -11,7 +11,7 @@ import pytest
 
 from conftest import SHARED_DATA
 from qmrbids.validate import Options, validate_dataset
-from qmrbids.validate.engine import _shards
+from qmrbids.validate.engine import SHARDS_PER_PROCESS, _shards
 from qmrbids.validate.index import index_dataset
 from qmrbids.validate.reporters import write_json
 
@@ -62,8 +62,17 @@ def test_shards_keep_top_level_folders_whole(tmp_path):
         (tmp_path / rel).write_text("")
     tree = index_dataset(tmp_path).tree
     everything = ["", "sub-01", "sub-02", "sub-03"]
-    shards = _shards(tree, 2)
-    assert len(shards) == 2 and sorted(sum(shards, [])) == everything   # whole folders, each once
-    assert sum(shards, []) == everything                                  # in dataset order
-    assert _shards(tree, 1) == [everything]
-    assert _shards(tree, 0) == [everything]   # small datasets stay in one process
+    processes, shards = _shards(tree, 2)
+    assert processes == 2 and len(shards) >= 2
+    assert sum(shards, []) == everything   # whole folders, each once, in dataset order
+    assert _shards(tree, 1) == (1, [everything])
+    assert _shards(tree, 0) == (1, [everything])   # small datasets stay in one process
+
+
+def test_shards_are_several_per_process(tmp_path):
+    for n in range(1, 65):
+        (tmp_path / f"sub-{n:02d}" / "anat").mkdir(parents=True)
+        (tmp_path / f"sub-{n:02d}" / "anat" / f"sub-{n:02d}_T1w.nii").write_text("")
+    processes, shards = _shards(index_dataset(tmp_path).tree, 2)
+    assert processes == 2 and len(shards) == 2 * SHARDS_PER_PROCESS
+    assert max(map(len, shards)) - min(map(len, shards)) <= 2

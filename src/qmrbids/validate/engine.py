@@ -170,7 +170,7 @@ def validate_dataset(path: Path, options: Options | None = None, _label: str = "
         extension = qmri.load_extension(options.schema_version or qmri.declared_version(description))
     check = _FileChecks(ds, prepared, extension, dataset_type, options.read_nifti_headers,
                         skip_derivatives=description["DatasetType"] == "raw")
-    for found in _run_shards(check, _shards(tree, options.jobs)):
+    for found in _run_shards(check, *_shards(tree, options.jobs)):
         issues.extend(found)
     issues.extend(unused_sidecars(prepared, tree))
 
@@ -271,50 +271,64 @@ def _forget_outside(ds: DatasetContext, folder: Folder) -> None:
             del cache[path]
 
 
-def _shards(tree: Folder, jobs: int) -> list[list[str]]:
-    """The dataset's top-level entries ("" for the root's files) cut into about ``jobs`` runs of
-    similar file counts, in dataset order.
+def _shards(tree: Folder, jobs: int) -> tuple[int, list[list[str]]]:
+    """(processes, shards): the dataset's top-level entries ("" for the root's files) cut into runs
+    of similar file counts, in dataset order; one shard when one process checks everything.
 
     Collections and inherited sidecars below the root then never span two shards, and issues
-    come out in the same order whatever the number of shards.
+    come out in the same order whatever the number of shards. There are several shards per
+    process: a process that finishes early takes the next, so uneven folders, or a core slowed
+    by other work, do not leave the other processes waiting.
     """
     sizes = [("", len(tree.files))] + [(name, sum(1 for _ in sub.walk_files()) + 1)
                                        for name, sub in tree.folders.items()]
     total = sum(size for _, size in sizes)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    count = jobs or (cores if total >= PARALLEL_FROM else 1)
-    if count < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return [[name for name, _ in sizes]]
+    processes = jobs or (cores if total >= PARALLEL_FROM else 1)
+    if processes < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return 1, [[name for name, _ in sizes]]
     shards: list[list[str]] = [[]]
-    filled, target = 0, -(-total // count)
+    filled, target = 0, -(-total // (processes * SHARDS_PER_PROCESS))
     for name, size in sizes:
-        if filled >= target and len(shards) < count:
+        if filled >= target:
             shards.append([])
             filled = 0
         shards[-1].append(name)
         filled += size
-    return shards
+    return processes, shards
 
 
+#: Shards per process (see :func:`_shards`).
+SHARDS_PER_PROCESS = 8
 _WORK: tuple | None = None   # (checks, shards) inherited by forked workers
 
 
-def _run_shards(check: _FileChecks, shards: list[list[str]]) -> list[list[Issue]]:
-    """Issues of each shard: the first checked here, the others in forked processes at the same time.
+def _run_shards(check: _FileChecks, processes: int, shards: list[list[str]]) -> list[list[Issue]]:
+    """Issues of each shard, in shard order, checked by this process and forked ones together.
 
-    Workers inherit the dataset index and compiled rules by fork; they send back their issues and
-    which sidecars they read (for SIDECAR_WITHOUT_DATAFILE).
+    Every shard is queued for ``processes - 1`` forked workers, which take them from the front;
+    this process takes them from the back (cancelling the queued task) until the two meet.
+    Workers inherit the dataset index and compiled rules by fork; they send back a shard's issues
+    and which of its sidecars (or the root's) they read, for SIDECAR_WITHOUT_DATAFILE.
     """
     global _WORK
-    if len(shards) == 1:
-        return [check(shards[0])]
+    if processes == 1:
+        return [check(shard) for shard in shards]
     _WORK = (check, shards)
+    results: list[list[Issue]] = []
+    viewed: set[str] = set()
     try:
-        with ProcessPoolExecutor(len(shards) - 1, mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = [pool.submit(_check_shard, n) for n in range(1, len(shards))]
-            results = [check(shards[0])]
-            viewed: set[str] = set()
-            for future in futures:
+        with ProcessPoolExecutor(processes - 1, mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = [pool.submit(_check_shard, n) for n in range(len(shards))]
+            here = {}
+            for n in reversed(range(len(shards))):
+                if not futures[n].cancel():   # a worker has it already, and every shard before it
+                    break
+                here[n] = check(shards[n])
+            for n, future in enumerate(futures):
+                if n in here:
+                    results.append(here[n])
+                    continue
                 found, seen = future.result()
                 results.append([Issue._make(i) for i in found])
                 viewed.update(seen)
@@ -328,5 +342,7 @@ def _run_shards(check: _FileChecks, shards: list[list[str]]) -> list[list[Issue]
 
 def _check_shard(number: int) -> tuple[list[tuple], list[str]]:
     check, shards = _WORK
+    tree = check.ds.tree
     found = check(shards[number])
-    return [tuple(i) for i in found], [f.path for f in check.ds.tree.walk_files() if f.viewed]
+    files = [*tree.files.values(), *(f for name in shards[number] if name for f in tree.folders[name].walk_files())]
+    return [tuple(i) for i in found], [f.path for f in files if f.viewed]
