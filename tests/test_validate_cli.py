@@ -210,3 +210,31 @@ def test_shipped_parse_trees_are_those_of_the_installed_parser():
         assert to_data(ast.parse(source)) == tree, source
         assert str(from_data(tree)) == str(ast.parse(source)), source
     assert to_data(parse('suffix == "VFA"')) == ["BinOp", "suffix", "==", '"VFA"']
+
+
+@needs_examples
+def test_fixed_values_hold_in_every_loaded_context():
+    """Selectors are decided per kind of file on the values ``fixed_value`` promises; load_context keeps them."""
+    from qmrbids.validate.context import NOT_FIXED, DatasetContext, FileReader, fixed_value
+    from qmrbids.validate.index import index_dataset
+    from qmrbids.validate.official import iter_contexts, load_context
+    from qmrbids.validate.rules import PER_FILE_NAMES
+    from qmrbids.validate.schema_rules import official_schema
+
+    prepared = official_schema()
+    checked = set()
+    for name in ("ds001", "asl001", "dwi_deriv", "qmri_mp2rage", "qmri_mpm"):
+        index = index_dataset(EXAMPLES / name)
+        ds = DatasetContext(tree=index.tree, reader=FileReader(EXAMPLES / name), schema=prepared.schema,
+                            description={}, subjects={})
+        for ctx in iter_contexts(ds, prepared, index.tree):
+            if ctx.directory:
+                continue
+            load_context(ctx, prepared, read_headers=True)
+            for key in PER_FILE_NAMES - {"exists()"}:
+                fixed = fixed_value(key, ctx.extension)
+                if fixed is not NOT_FIXED:
+                    assert ctx.lookup(key) == fixed, (ctx.path, key)
+                    checked.add((key, ctx.extension))
+    assert {("json", ".nii.gz"), ("sidecar", ".json"), ("columns", ".json"), ("gzip", ".json"),
+            ("nifti_header", ".tsv")} <= checked

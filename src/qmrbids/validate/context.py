@@ -230,6 +230,30 @@ class FileContext:
         return sum(1 for p in paths if isinstance(p, str) and tree.contains(prefix + p.split("/")))
 
 
+NOT_FIXED = object()
+
+
+def fixed_value(name: str, extension: str):
+    """The value ``name`` holds in the context of every file with this extension, else NOT_FIXED.
+
+    As :func:`qmrbids.validate.official.load_context` fills contexts: JSON content only for .json
+    files, table columns only for .tsv, inherited sidecars for all but .json, gzip headers only
+    for .gz, NIfTI headers only for .nii and .nii.gz. Selectors reading only these are then
+    decided once per kind of file.
+    """
+    if name == "json" and extension != ".json":
+        return {}
+    if name == "columns" and extension != ".tsv":
+        return {}
+    if name == "sidecar" and extension == ".json":
+        return {}
+    if name == "gzip" and not extension.endswith(".gz"):
+        return None
+    if name == "nifti_header" and not extension.startswith(".nii"):
+        return None
+    return NOT_FIXED
+
+
 _GETTERS = {name: (lambda ctx, n=name: getattr(ctx, n)) for name in (
     "path", "size", "entities", "datatype", "suffix", "extension", "modality", "sidecar", "associations",
     "columns", "json", "nifti_header", "gzip", "subject")}
@@ -252,12 +276,15 @@ def walk_back(file: File, inherit: bool, extensions: tuple[str, ...], suffix: st
               mark_viewed: bool = True):
     """Files that apply to ``file`` by the inheritance principle, nearest first."""
     _, source_suffix, _, source_entities = read_entities(file.name)
-    source = dict(source_entities)
+    source = None
     target_suffix = suffix or source_suffix
     folder = file.parent
     while folder is not None:
-        candidates = [(other, oents) for other, oext, oents in _folder_index(folder).get(target_suffix, ())
-                      if oext in extensions and all(source.get(k) == v for k, v in oents)]
+        group = _folder_index(folder).get(target_suffix)
+        if source is None and group:
+            source = dict(source_entities)
+        candidates = [(other, oents) for other, oext, oents in group
+                      if oext in extensions and all(source.get(k) == v for k, v in oents)] if group else ()
         if len(candidates) > 1:
             exact = [c for c, oents in candidates if all(dict(oents).get(k) == v for k, v in source.items())]
             if exact:

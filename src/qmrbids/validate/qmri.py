@@ -9,7 +9,7 @@ JSON Schema file of the extension version (the provenance object).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -42,6 +42,15 @@ class QRule:
     varies: tuple[str, ...]
     selectors: list
     checks: list
+    suffixes: dict = field(default_factory=dict)   # suffix -> whether the selectors reading only it hold
+
+    def takes_suffix(self, suffix: str) -> bool:
+        """Whether the selectors that read only the suffix hold for it (decided once per suffix)."""
+        hit = self.suffixes.get(suffix)
+        if hit is None:
+            scope = _Scope({"suffix": suffix})
+            hit = self.suffixes[suffix] = all(truthy(s(scope)) for s in self.selectors if s.names <= {"suffix"})
+        return hit
 
 
 class ObjectSchema:
@@ -218,10 +227,7 @@ def apply_collections(extension: Extension, contexts: list[FileContext]) -> list
         by_suffix.setdefault(ctx.suffix, []).append(ctx)
     for rule in extension.rules:
         if rule.scope == "collection":
-            # Selectors that read only the suffix are decided once per suffix, not per collection.
-            by_name = [s for s in rule.selectors if s.names <= {"suffix"}]
-            members_of = [c for suffix, group in by_suffix.items()
-                          if all(truthy(s(_Scope({"suffix": suffix}))) for s in by_name) for c in group]
+            members_of = [c for suffix, group in by_suffix.items() if rule.takes_suffix(suffix) for c in group]
             for (_, suffix, shared), members in _collections(members_of, rule.varies).items():
                 scope = _Scope({"suffix": suffix, "entities": dict(shared), "collection": Collection(members),
                                 "path": members[0].path, "datatype": members[0].datatype})

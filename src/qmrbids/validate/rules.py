@@ -17,12 +17,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from qmrbids.validate.context import NOT_FIXED, fixed_value
 from qmrbids.validate.expressions import accessors, compile_expression, key_function, truthy
 
 # Names whose value depends only on the kind of file, or is constant within a dataset.
 PER_FILE_NAMES = frozenset({"path", "size", "sidecar", "associations", "columns", "json", "nifti_header", "gzip",
                             "subject", "exists()"})
 _PATH_SELECTOR = re.compile(r"""^\s*path\s*==\s*(["'])([^"']*)\1\s*$""")
+_PATH_MATCH = re.compile(r"""^\s*match\(\s*path\s*,\s*(["'])([^"'\\]*)\1\s*\)\s*$""")
 _ENTITY_READ = re.compile(r"entities\.(\w+)")
 
 
@@ -35,8 +37,8 @@ class Rule:
     static: list = field(default_factory=list)      # compiled, read only the kind of file
     memoised: list = field(default_factory=list)    # compiled, decided per tuple of values read
     per_file: list = field(default_factory=list)    # compiled, evaluated for every file
-    reads: tuple = ()                               # what the memoised selectors read
     path: str | None = None                         # the rule applies to this one path only
+    path_pattern: re.Pattern | None = None          # ... or to paths this regex finds a match in
     is_sidecar: bool = False
     check_key: object = None                        # memo key of the checks, None if not memoisable
     _checks: list | None = None
@@ -51,11 +53,14 @@ class Rule:
     @classmethod
     def compile(cls, rule_id: str, spec: dict) -> "Rule":
         rule = cls(rule_id, spec, is_sidecar=rule_id.startswith("rules.sidecars"))
-        reads: set = set()
         for source in spec.get("selectors", []):
             literal = _PATH_SELECTOR.match(source)
             if literal:
                 rule.path = literal.group(2)
+                continue
+            pattern = _PATH_MATCH.match(source)
+            if pattern and rule.path_pattern is None:
+                rule.path_pattern = re.compile(pattern.group(2))
                 continue
             compiled = compile_expression(source)
             if not (compiled.names & PER_FILE_NAMES):
@@ -65,9 +70,8 @@ class Rule:
             if found is None or any(kind == "whole" and root in ("path", "size") for kind, root, _ in found):
                 rule.per_file.append(compiled)
             else:
+                compiled.reads = found
                 rule.memoised.append(compiled)
-                reads.update(found)
-        rule.reads = tuple(sorted(reads, key=repr))
         check_reads: set = set()
         for source in spec.get("checks", []):
             found = accessors(source)
@@ -99,14 +103,17 @@ class Rule:
 class _Plan:
     """The rules of one kind of file: those left after static selectors, and how to decide the rest.
 
-    ``memoised`` and ``per_file`` hold (rule, selectors still to evaluate) pairs.
+    ``memoised`` holds (rule, selectors still to evaluate) pairs. Rules evaluated per file are
+    listed per path they may apply to: ``per_file_at`` for the paths some of them are bound to,
+    ``per_file_elsewhere`` for every other path (both in rule order).
     """
 
     unconditional: list
     memoised: list
-    per_file: list
+    per_file_at: dict
+    per_file_elsewhere: list
     key: object
-    decisions: dict = field(default_factory=dict)
+    decisions: dict = field(default_factory=dict)   # key -> (rules chosen so far, any bound to a path)
 
 
 class _Unknown(Exception):
@@ -155,33 +162,45 @@ class RuleSet:
                 holds, file_left = _decide(rule.per_file, probe) if holds else (False, [])
                 if not holds:
                     continue
-                if file_left:
+                if file_left or rule.path_pattern is not None:
                     per_file.append((rule, memo_left + file_left))
                 elif memo_left:
                     memoised.append((rule, memo_left))
                 else:
                     unconditional.append(rule)
-            reads = tuple(sorted({a for r, _ in memoised for a in r.reads}, key=repr))
-            plan = _Plan(unconditional, memoised, per_file, key_function(reads))
+            extension = ctx.extension
+            reads = tuple(sorted({a for _, left in memoised for s in left for a in s.reads
+                                  if fixed_value(a[1], extension) is NOT_FIXED}, key=repr))
+            paths = {r.path for r, _ in per_file if r.path is not None}
+            plan = _Plan(unconditional, memoised,
+                         {p: [(r, left) for r, left in per_file if r.path in (None, p)] for p in paths},
+                         [(r, left) for r, left in per_file if r.path is None], key_function(reads))
             cache[(self, kind)] = plan
         return plan
 
     def select(self, ctx, cache: dict) -> list[Rule]:
-        """The rules whose selectors all hold for ``ctx`` (``cache`` lives as long as the dataset)."""
+        """The rules whose selectors all hold for ``ctx``, in rule-set order within unconditional,
+        memoised and per-file rules (``cache`` lives as long as the dataset). Do not modify the list:
+        files deciding alike share it."""
         plan = self._plan(ctx, cache)
-        chosen = list(plan.unconditional)
-        if plan.memoised:
-            key = plan.key(ctx)
-            decided = plan.decisions.get(key)
-            if decided is None:
-                decided = [r for r, left in plan.memoised if all(truthy(s(ctx)) for s in left)]
-                if len(plan.decisions) < self.MAX_DECISIONS:
-                    plan.decisions[key] = decided
-            chosen.extend(decided)
+        key = plan.key(ctx) if plan.memoised else None
+        decided = plan.decisions.get(key)
+        if decided is None:
+            chosen = [*plan.unconditional, *(r for r, left in plan.memoised if all(truthy(s(ctx)) for s in left))]
+            decided = (chosen, any(r.path is not None for r in chosen))
+            if len(plan.decisions) < self.MAX_DECISIONS:
+                plan.decisions[key] = decided
+        chosen, bound = decided
         path = ctx.path
-        chosen.extend(r for r, left in plan.per_file
-                      if (r.path is None or r.path == path) and all(truthy(s(ctx)) for s in left))
-        return [r for r in chosen if r.path is None or r.path == path]
+        if bound:
+            chosen = [r for r in chosen if r.path is None or r.path == path]
+        per_file = plan.per_file_at.get(path, plan.per_file_elsewhere)
+        if per_file:
+            more = [r for r, left in per_file if (r.path_pattern is None or r.path_pattern.search(path))
+                    and all(truthy(s(ctx)) for s in left)]
+            if more:
+                chosen = [*chosen, *more]
+        return chosen
 
 
 class _KindOnly:
@@ -194,7 +213,10 @@ class _KindOnly:
 
     def lookup(self, name):
         if name in PER_FILE_NAMES:
-            raise _Unknown(name)
+            value = fixed_value(name, self.ctx.extension)
+            if value is NOT_FIXED:
+                raise _Unknown(name)
+            return value
         return self.ctx.lookup(name)
 
     def exists(self, *args):
