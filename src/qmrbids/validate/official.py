@@ -107,16 +107,12 @@ def _narrow(ctx: FileContext, prepared: PreparedSchema, rules: list[str]) -> lis
     return rules
 
 
-def _clean(ctx: FileContext, specs: list[dict]) -> None:
-    if all(not s.get("entities") for s in specs):
-        ctx.entities = {}
-    if all(not s.get("extensions") for s in specs):
-        ctx.extension = ""
-    if all(not s.get("suffixes") for s in specs):
-        ctx.suffix = ""
-
-
 def _rule_issues(ctx: FileContext, prepared: PreparedSchema, rule_id: str) -> list[Issue]:
+    return [*_name_problems(ctx, prepared, rule_id), *_locations(ctx)]
+
+
+def _name_problems(ctx: FileContext, prepared: PreparedSchema, rule_id: str) -> list[Issue]:
+    """A file rule's complaints about the entities, folder and extension (not the labels or location)."""
     rule = prepared.file_rules[rule_id]
     spec = rule.spec
     out: list[Issue] = []
@@ -136,11 +132,17 @@ def _rule_issues(ctx: FileContext, prepared: PreparedSchema, rule_id: str) -> li
     if isinstance(spec.get("extensions"), list) and ctx.extension not in spec["extensions"]:
         out.append(make("EXTENSION_MISMATCH", ctx.path, f"Allowed: {', '.join(e or '(none)' for e in spec['extensions'])}.",
                         rule_id=rule_id))
-    if not ctx.directory:
-        if not ctx.entities.get("tpl"):
-            out.extend(_location(ctx, "sub", "ses"))
-        if not ctx.entities.get("sub"):
-            out.extend(_location(ctx, "tpl", "cohort"))
+    return out
+
+
+def _locations(ctx: FileContext) -> list[Issue]:
+    if ctx.directory:
+        return []
+    out = []
+    if not ctx.entities.get("tpl"):
+        out.extend(_location(ctx, "sub", "ses"))
+    if not ctx.entities.get("sub"):
+        out.extend(_location(ctx, "tpl", "cohort"))
     return out
 
 
@@ -158,6 +160,54 @@ def _location(ctx: FileContext, top: str, sub: str) -> list[Issue]:
     return out
 
 
+@dataclass(eq=False)
+class _NameVerdict:
+    """What the file rules say about a kind of name, whatever its entity labels (see :func:`_judge_name`)."""
+
+    rules: list[str]
+    clear: tuple[bool, bool, bool]   # drop entities, extension, suffix (no applicable rule has any)
+    suffixed: bool                   # some rule has suffixes: unlabeled entities are reported
+    problems: tuple                  # (code, level, message, key, row, rule_id) of the one rule; () for several
+    ordered: tuple                   # entity keys in the schema's filename order
+
+
+def _judge_name(ctx: FileContext, prepared: PreparedSchema, derivative: bool) -> _NameVerdict:
+    """Rule identification and the label-independent checks, memoised per kind of name.
+
+    They read the exact path only for the schema's few fixed paths, the stem only through the
+    stem rules, and otherwise the folder, suffix, extension, entity keys and depth; the labels
+    and the location are checked per file by :func:`check_filename`.
+    """
+    stem = ctx.file.name.split(".")[0]
+    stem_hits = tuple(rule_id for regex, datatypes, rule_id in prepared.stem_rules
+                      if (datatypes is None or ctx.datatype in datatypes) and regex.match(stem))
+    key = (ctx.path if ctx.path in prepared.path_rules else None, stem_hits, ctx.datatype, ctx.suffix, ctx.extension,
+           tuple(ctx.entities), ctx.path.count("/") == 1, derivative)
+    verdict = prepared.name_verdicts.get(key)
+    if verdict is None:
+        rules = _narrow(ctx, prepared, find_file_rules(ctx, prepared, derivative))
+        specs = [prepared.file_rules[r].spec for r in rules]
+        clear = tuple(all(not s.get(part) for s in specs) for part in ("entities", "extensions", "suffixes"))
+        kept = {} if clear[0] else ctx.entities
+        probe = _NameProbe(ctx.path, ctx.datatype, ctx.extension if not clear[1] else "", kept)
+        problems = tuple(i[:2] + i[3:7] for i in _name_problems(probe, prepared, rules[0])) if len(rules) == 1 else ()
+        verdict = _NameVerdict(rules, clear, any("suffixes" in s for s in specs), problems,
+                               tuple(k for k in prepared.entity_order if k in kept))
+        if len(prepared.name_verdicts) < 100_000:
+            prepared.name_verdicts[key] = verdict
+    return verdict
+
+
+@dataclass
+class _NameProbe:
+    """The parts of a file context :func:`_name_problems` reads."""
+
+    path: str
+    datatype: str
+    extension: str
+    entities: dict
+
+
 def check_filename(ctx: FileContext, prepared: PreparedSchema, dataset_type: str) -> list[str]:
     """Identify the file rule(s) and report naming problems; returns the applicable rule ids."""
     issues = ctx.ds.issues
@@ -168,14 +218,18 @@ def check_filename(ctx: FileContext, prepared: PreparedSchema, dataset_type: str
         ctx.entities, ctx.extension, ctx.suffix = {}, "", ""
         return rules
     datatype_from_directory(ctx, prepared)
-    rules = find_file_rules(ctx, prepared, dataset_type == "derivative")
+    verdict = _judge_name(ctx, prepared, dataset_type == "derivative")
+    rules = verdict.rules
     if not rules:
         if ctx.path != "/.bidsignore":
             issues.append(make("NOT_INCLUDED", ctx.path))
-    rules = _narrow(ctx, prepared, rules)
-    specs = [prepared.file_rules[r].spec for r in rules]
-    _clean(ctx, specs)
-    if any("suffixes" in s for s in specs):
+    if verdict.clear[0]:
+        ctx.entities = {}
+    if verdict.clear[1]:
+        ctx.extension = ""
+    if verdict.clear[2]:
+        ctx.suffix = ""
+    if verdict.suffixed:
         unlabeled = [k for k, v in ctx.entities.items() if v == "NOENTITY"]
         if unlabeled:
             issues.append(make("ENTITY_WITH_NO_LABEL", ctx.path, f"Entities without label: {', '.join(unlabeled)}.",
@@ -185,7 +239,10 @@ def check_filename(ctx: FileContext, prepared: PreparedSchema, dataset_type: str
             issues.append(make("INVALID_ENTITY_LABEL", ctx.path,
                                f"{key}-{label} does not match {prepared.entity_pattern[key].pattern}.", key=key))
     if len(rules) == 1:
-        issues.extend(_rule_issues(ctx, prepared, rules[0]))
+        path = ctx.path
+        issues.extend(Issue(code, level, path, message, key, row, rule_id)
+                      for code, level, message, key, row, rule_id in verdict.problems)
+        issues.extend(_locations(ctx))
     elif rules:
         results = [(r, _rule_issues(ctx, prepared, r)) for r in rules]
         clean = [r for r, found in results if not found]
@@ -195,8 +252,7 @@ def check_filename(ctx: FileContext, prepared: PreparedSchema, dataset_type: str
             issues.append(make("ALL_FILENAME_RULES_HAVE_ISSUES", ctx.path,
                                f"Rules that matched with issues: {', '.join(r for r, _ in results)}."))
     if ctx.entities:
-        ordered = [k for k in prepared.entity_order if k in ctx.entities]
-        expected = "_".join([f"{k}-{ctx.entities[k]}" for k in ordered] + [ctx.suffix + ctx.extension])
+        expected = "_".join([f"{k}-{ctx.entities[k]}" for k in verdict.ordered] + [ctx.suffix + ctx.extension])
         if ctx.file.name != expected:
             issues.append(make("FILENAME_MISMATCH", ctx.path, f"Expected {expected}."))
     return rules

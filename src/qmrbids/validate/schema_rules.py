@@ -50,6 +50,7 @@ class PreparedSchema:
     file_rule_order: dict = field(default_factory=dict)
     field_plans: dict = field(default_factory=dict)     # fields rule -> its plan
     field_groups: dict = field(default_factory=dict)    # fields rules selected together -> their group
+    name_verdicts: dict = field(default_factory=dict)   # kind of file name -> what the file rules say of it
     _labels: dict = field(default_factory=dict)
     _metadata_validators: dict = field(default_factory=dict)   # key -> (quick acceptor or None, jsonschema validator)
     _metadata_results: dict = field(default_factory=dict)
