@@ -174,6 +174,10 @@ class _Ctx:
     ("exists(sidecar.IntendedFor, 'subject') + 1 == 3", {"sidecar": {"IntendedFor": ["a", "b"]}}, True),
     ('type(sidecar.EchoTime) == "array"', {"sidecar": {"EchoTime": [0.01, 0.02]}}, True),
     ("nifti_header.dim[0] < 4 || x", {"nifti_header": {"dim": [3, 64]}}, True),
+    ('sidecar.X + 1 == "a1"', {"sidecar": {"X": "a"}}, True),       # + joins strings
+    ("sidecar.X - 1 == 0", {"sidecar": {"X": True}}, True),         # true is 1
+    ("sidecar.X + 1 > 0", {"sidecar": {}}, False),                   # undefined + 1 is NaN
+    ("length(path) - 3 == 4 && substr(path, 0, 2) == 'ab'", {"path": "abcdefg"}, True),
 ])
 def test_expression_semantics(source, context, expected):
     assert compile_expression(source)(_Ctx(**context)) == expected

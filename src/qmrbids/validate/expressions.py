@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Callable
 from functools import cache, lru_cache
-from operator import attrgetter
+from operator import add, attrgetter, sub
 from typing import Any
 
 from bidsschematools import expressions as ast
@@ -298,6 +298,9 @@ def _compile(node) -> Evaluator:
     if isinstance(node, ast.Function):
         args = [_compile(a) for a in node.args]
         if node.name == "exists":
+            if len(args) == 2:
+                paths, rule = args
+                return lambda ctx: ctx.exists(paths(ctx), rule(ctx))
             return lambda ctx: ctx.exists(*[a(ctx) for a in args])
         func = FUNCTIONS.get(node.name)
         if func is None:
@@ -306,7 +309,7 @@ def _compile(node) -> Evaluator:
             def unknown(ctx):
                 raise EvalError(f"unknown function {name}")
             return unknown
-        return lambda ctx: func(*[a(ctx) for a in args])
+        return _call(func, args)
     if isinstance(node, ast.RightOp):
         rh = _compile(node.rh)
         if node.op == "!":
@@ -317,13 +320,46 @@ def _compile(node) -> Evaluator:
     if isinstance(node, ast.BinOp):
         lh, rh, op = _compile(node.lh), _compile(node.rh), node.op
         if op == "&&":
-            return lambda ctx: (lambda a: rh(ctx) if truthy(a) else a)(lh(ctx))
+            def both(ctx):
+                a = lh(ctx)
+                return rh(ctx) if truthy(a) else a
+            return both
         if op == "||":
-            return lambda ctx: (lambda a: a if truthy(a) else rh(ctx))(lh(ctx))
-        if op in ("==", "!=", "<", "<=", ">", ">=", "in"):
+            def either(ctx):
+                a = lh(ctx)
+                return a if truthy(a) else rh(ctx)
+            return either
+        if op == "==":
+            return lambda ctx: loose_equal(lh(ctx), rh(ctx))
+        if op == "!=":
+            return lambda ctx: not loose_equal(lh(ctx), rh(ctx))
+        if op in ("<", "<=", ">", ">=", "in"):
             return lambda ctx: _compare(op, lh(ctx), rh(ctx))
+        if op in ("+", "-"):
+            plain = add if op == "+" else sub
+
+            def arith(ctx):   # numbers (not booleans) need none of JavaScript's conversions
+                a, b = lh(ctx), rh(ctx)
+                if (type(a) is int or type(a) is float) and (type(b) is int or type(b) is float):
+                    return plain(a, b)
+                return _arith(op, a, b)
+            return arith
         return lambda ctx: _arith(op, lh(ctx), rh(ctx))
     raise ValueError(f"cannot compile {node!r}")
+
+
+def _call(func: Callable, args: list[Evaluator]) -> Evaluator:
+    """A call of ``func`` on the values of ``args``; the common arities without an argument list."""
+    if len(args) == 1:
+        (a,) = args
+        return lambda ctx: func(a(ctx))
+    if len(args) == 2:
+        a, b = args
+        return lambda ctx: func(a(ctx), b(ctx))
+    if len(args) == 3:
+        a, b, c = args
+        return lambda ctx: func(a(ctx), b(ctx), c(ctx))
+    return lambda ctx: func(*[a(ctx) for a in args])
 
 
 @cache
