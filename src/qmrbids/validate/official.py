@@ -335,6 +335,7 @@ class _FieldGroup:
     addenda: tuple                   # sidecar keys that can change a level
     missing: dict = field(default_factory=dict)   # (present, addenda values) -> [(code, level, name, message, rule id)]
     checks: dict = field(default_factory=dict)    # present -> [(schema key, JSON name, rule id)]
+    errors: dict = field(default_factory=dict)    # (present, checked values) -> [(check index, messages)]
 
 
 def _field_group(rules: tuple, prepared: PreparedSchema) -> _FieldGroup:
@@ -350,8 +351,9 @@ def _field_group(rules: tuple, prepared: PreparedSchema) -> _FieldGroup:
 def eval_fields(rules: tuple, ctx: FileContext, prepared: PreparedSchema) -> None:
     """Missing and invalid metadata for the ``fields`` rules of one file (in rule order).
 
-    A sidecar field is validated once per sidecar that holds it, by the first rule naming it:
-    an inherited sidecar's error is reported once, not once per file or per rule.
+    A sidecar field is validated by the first rule naming it, and its errors are reported once per
+    sidecar that holds it: an inherited sidecar's error once, not once per file or per rule.
+    Files whose checked values are all equal share one verdict.
     """
     group = _field_group(rules, prepared)
     if group.sidecar and ctx.extension in NO_SIDECAR_EXTENSIONS:
@@ -378,14 +380,28 @@ def eval_fields(rules: tuple, ctx: FileContext, prepared: PreparedSchema) -> Non
                     seen.add(name)
         if len(group.checks) < 4096:
             group.checks[present] = checks
-    validated = ctx.ds.validated_keys   # sidecar path -> names already validated there
+    values = tuple(map(data.__getitem__, [name for _, name, _ in checks]))
+    try:
+        key = (present, values, tuple(map(type, values)))   # the classes keep 1, 1.0 and true apart
+        errors = group.errors.get(key)
+    except TypeError:                                       # lists or objects among the values
+        key = (present, tuple([freeze(v) if type(v) is list or type(v) is dict else v for v in values]),
+               tuple(map(type, values)))
+        errors = group.errors.get(key)
+    if errors is None:
+        errors = [(n, found) for n, ((schema_key, _, _), value) in enumerate(zip(checks, values))
+                  if (found := prepared.metadata_errors(schema_key, value))]
+        if len(group.errors) < 4096:
+            group.errors[key] = errors
+    validated = ctx.ds.validated_keys   # sidecar path -> names whose errors were reported there
     origin = ctx.sidecar_origin
-    for schema_key, name, rule_id in checks:
+    for n, messages in errors:
+        schema_key, name, rule_id = checks[n]
         location = (origin if isinstance(origin, str) else origin.get(name, "")) if group.sidecar else path
         done = validated.get(location) if group.sidecar and location else None
         if done is not None and name in done:
             continue
-        for message in prepared.metadata_errors(schema_key, data[name]):
+        for message in messages:
             ctx.ds.issues.append(make("JSON_SCHEMA_VALIDATION_ERROR", location, f"{name}: {message}.", key=name,
                                       rule_id=rule_id))
         if group.sidecar and location:
