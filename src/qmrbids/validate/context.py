@@ -63,16 +63,27 @@ class FileReader:
     def abspath(self, file: File) -> Path:
         return self.root / file.path[1:]
 
+    def size(self, file: File) -> int:
+        """The file's size in bytes, read once (the index leaves regular files' sizes to the checks,
+        which run in parallel); 0 if the file vanished since it was indexed."""
+        if file.size < 0:
+            try:
+                file.size = os.stat(self._root_text + file.path).st_size
+            except OSError:
+                file.size = 0
+        return file.size
+
     def read(self, file: File, limit: int = -1) -> bytes:
         """The file's bytes, or its first ``limit``.
 
         Read with one system call sized by the index (a file object and its growing buffer cost
         twice the read of a sidecar), then to the end if the file grew since it was indexed.
         """
+        size = self.size(file)
         fd = os.open(self._root_text + file.path, os.O_RDONLY)
         try:
-            data = os.read(fd, limit if limit >= 0 else file.size + 1)
-            if limit < 0 and len(data) > file.size:
+            data = os.read(fd, limit if limit >= 0 else size + 1)
+            if limit < 0 and len(data) > size:
                 with open(fd, "rb", closefd=False) as rest:
                     data += rest.read()
             return data
@@ -194,7 +205,7 @@ class FileContext:
         self.file = file
         self.ds = ds
         self.path = file.path
-        self.size = file.size
+        self.size = file.size if file.size >= 0 else ds.reader.size(file)
         _, self.suffix, self.extension, ents = read_entities(file.name)
         self.entities = dict(ents)
         self.datatype = ""

@@ -22,7 +22,7 @@ DEFAULT_IGNORES = (".git**", ".*", "sourcedata/", "code/", "stimuli/", "log/")
 class File:
     name: str
     path: str           # dataset-relative, with a leading "/" as in the official validator
-    size: int
+    size: int           # bytes; -1 until FileReader.size reads it (a regular file's size is read when checked)
     parent: "Folder"
     ignored: bool = False
     viewed: bool = False
@@ -166,7 +166,8 @@ def index_dataset(root: Path, extra_ignores: tuple[str, ...] = ()) -> DatasetInd
             child_rel = f"{rel}/{name}" if rel else name
             try:
                 is_dir = entry.is_dir()
-                if not is_dir:
+                size = -1   # a regular file, as the directory listing says: its size is read in the checks
+                if not is_dir and (entry.is_symlink() or not entry.is_file()):
                     st = entry.stat()
                     if not stat.S_ISREG(st.st_mode):
                         issues.append(Issue("FILE_READ", "error", "/" + child_rel,

@@ -38,7 +38,7 @@ def subfolder_contexts(ds: DatasetContext, prepared: PreparedSchema, sub: Folder
     _, suffix, extension, ents = read_entities(name)
     pseudo = bool(suffix) and bool(ents) and f"{extension}/" in prepared.pseudo_extensions
     opaque = pseudo or sub.path.rstrip("/") in prepared.opaque_dirs
-    pseudo_file = File(name + "/", sub.path, 0 if not opaque else sum(f.size for f in sub.walk_files()),
+    pseudo_file = File(name + "/", sub.path, 0 if not opaque else sum(map(ds.reader.size, sub.walk_files())),
                        sub.parent, ignored=sub.ignored)
     yield FileContext(pseudo_file, ds, directory=not pseudo)
     if not opaque:
