@@ -7,10 +7,12 @@ import gc
 import json
 import multiprocessing
 import os
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 from qmrbids import __version__
@@ -57,15 +59,12 @@ class Report:
         return [*self.issues, *(i for n in self.nested for i in n.issues)]
 
     def counts(self) -> dict[str, int]:
-        out = {"error": 0, "warning": 0, "info": 0}
-        for issue in self.all_issues():
-            if issue.level in out:
-                out[issue.level] += 1
-        return out
+        levels = Counter(map(attrgetter("level"), self.all_issues()))
+        return {level: levels[level] for level in ("error", "warning", "info")}
 
     def exit_code(self, fail_on: str = "error") -> int:
         threshold = RANK[fail_on]
-        return 1 if any(RANK.get(i.level, 0) >= threshold for i in self.all_issues()) else 0
+        return 1 if any(n and RANK[level] >= threshold for level, n in self.counts().items()) else 0
 
 
 def load_config(path: Path) -> dict:

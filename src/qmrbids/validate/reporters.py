@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import TextIO
 from xml.etree import ElementTree as ET
 
@@ -24,16 +24,21 @@ INFO_URI = "https://github.com/qmrbids/qmrbids"
 SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 
 
-def _ordered(report: Report):
-    rank = {"error": 0, "warning": 1, "info": 2}
-    return sorted(report.all_issues(), key=lambda i: (rank.get(i.level, 3), i.code, i.dataset, i.path))
+def _ordered(report: Report) -> list[Issue]:
+    """Errors, warnings, infos (then any other level), each by code, dataset and path; stable."""
+    by_level: dict[str, list[Issue]] = {"error": [], "warning": [], "info": []}
+    other: list[Issue] = []
+    for issue in report.all_issues():
+        by_level.get(issue.level, other).append(issue)
+    key = attrgetter("code", "dataset", "path")
+    return [issue for group in (*by_level.values(), other) for issue in sorted(group, key=key)]
 
 
 @no_cycle_collection()
 def write_json(report: Report, out: TextIO) -> None:
     """The JSON report, written issue by issue (a large dataset has hundreds of thousands)."""
     issues = _ordered(report)
-    summary = {**report.counts(), "codes": dict(sorted(Counter(i.code for i in issues).items()))}
+    summary = {**report.counts(), "codes": dict(sorted(Counter(map(attrgetter("code"), issues)).items()))}
     head = json.dumps({
         "format_version": 1,
         "tool": {"name": "qmrbids", "version": report.tool_version},
