@@ -63,4 +63,7 @@ def acceptor(schema: Any, format_asserts: bool, ignored: frozenset = frozenset()
                          or holds(v, bound))
     if len(tests) == 1:
         return tests[0]
+    if len(tests) == 2:   # type and one more keyword: the common case, without a generator
+        first, second = tests
+        return lambda v: first(v) and second(v)
     return lambda v: all(t(v) for t in tests)

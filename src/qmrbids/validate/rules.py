@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from qmrbids.validate.context import NOT_FIXED, fixed_value
 from qmrbids.validate.expressions import accessors, compile_expression, key_function, truthy
 
-# Names whose value depends only on the kind of file, or is constant within a dataset.
+# Names whose value can differ between files of one kind (everything else depends only on the kind).
 PER_FILE_NAMES = frozenset({"path", "size", "sidecar", "associations", "columns", "json", "nifti_header", "gzip",
                             "subject", "exists()"})
 _PATH_SELECTOR = re.compile(r"""^\s*path\s*==\s*(["'])([^"']*)\1\s*$""")
