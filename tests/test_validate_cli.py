@@ -242,3 +242,12 @@ def test_fixed_values_hold_in_every_loaded_context():
                     checked.add((key, ctx.extension))
     assert {("json", ".nii.gz"), ("sidecar", ".json"), ("columns", ".json"), ("gzip", ".json"),
             ("nifti_header", ".tsv")} <= checked
+
+
+@pytest.mark.parametrize("text, expected", [("12abc", 12.0), (" -.5e1x", -5.0), ("1e", 1.0), ("+Infinity", float("inf")),
+                                            ("0x10", 0.0), ("abc", None), ("", None)])
+def test_table_bounds_read_numbers_as_javascript_parse_float(text, expected):
+    from qmrbids.validate.tables import js_parse_float
+
+    value = js_parse_float(text)
+    assert (value != value) if expected is None else value == expected

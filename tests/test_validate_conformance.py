@@ -17,7 +17,7 @@ import pytest
 
 from conftest import SHARED_DATA
 from qmrbids.validate import Options, validate_dataset
-from validate_mutants import MUTATIONS, make_mutant
+from validate_mutants import MUTATIONS, WARNING_MUTATIONS, make_mutant
 
 EXAMPLES = SHARED_DATA / "bids-examples"
 SCHEMA_JSON = Path(bidsschematools.data.__file__).parent / "schema.json"
@@ -38,24 +38,24 @@ def official_verdict():
         pytest.fail("bids-validator-deno is not installed; it comes with the test extra (pip install -e '.[test]')")
     cache: dict[Path, tuple[bool, set[str]]] = {}
 
-    def run(dataset: Path) -> tuple[bool, set[str]]:
+    def run(dataset: Path, severity: str = "error") -> tuple[bool, set[str]]:
         if dataset not in cache:
             done = subprocess.run([exe, str(dataset), "--json", "--ignoreNiftiHeaders", "--config",
                                    str(EXAMPLES / "default-config.json"), "--schema", SCHEMA_JSON.as_uri()],
                                   capture_output=True, text=True, check=False)
             assert done.returncode in (0, 16), done.stderr[-2000:]
-            issues = json.loads(done.stdout)["issues"]["issues"]
-            cache[dataset] = (done.returncode == 16, {i["code"] for i in issues if i["severity"] == "error"})
-        return cache[dataset]
+            cache[dataset] = (done.returncode == 16, json.loads(done.stdout)["issues"]["issues"])
+        failed, issues = cache[dataset]
+        return failed, {i["code"] for i in issues if i["severity"] == severity}
 
     return run
 
 
-def _ours(dataset: Path) -> tuple[bool, set[str]]:
+def _ours(dataset: Path, level: str = "error") -> tuple[bool, set[str]]:
     config = json.loads((EXAMPLES / "default-config.json").read_text())
     report = validate_dataset(dataset, Options(strict_official=True, config=config, read_nifti_headers=False))
     assert report.qmri_schema_version is None
-    codes = {i.code for i in report.issues if i.level == "error"}
+    codes = {i.code for i in report.issues if i.level == level}
     return report.exit_code() == 1, codes
 
 
@@ -91,3 +91,14 @@ def test_mutants_match_official(base, mutation, mutants, official_verdict):
     assert ours == theirs
     if mutation != "bidsignored_stray":
         assert ours[0], "every mutation but the ignored stray file breaks a rule"
+
+
+@pytest.mark.parametrize("mutation", sorted(WARNING_MUTATIONS))
+def test_table_warnings_match_official(mutation, mutants, official_verdict):
+    """Column signatures (schema, sidecar definitions, redefinitions) warn where the official validator does."""
+    dataset = mutants("qmri_vfa", mutation)
+    code = WARNING_MUTATIONS[mutation][1]
+    ours, theirs = _ours(dataset, "warning"), official_verdict(dataset, "warning")
+    assert code in theirs[1]
+    assert {c for c in ours[1] if c.startswith("TSV_")} == {c for c in theirs[1] if c.startswith("TSV_")}
+    assert ours[0] == theirs[0]

@@ -168,6 +168,29 @@ def duplicate_participant(root):
     _participants(root, "participant_id\n", lambda s: f"{s}\n{s}\n")
 
 
+def participants_age_over_maximum(root):
+    _participants(root, "participant_id\tage\n", lambda s: f"{s}\t90\n")   # the schema's age: Maximum 89
+
+
+def participants_value_outside_levels(root):
+    _participants(root, "participant_id\tgroup\n", lambda s: f"{s}\tc\n")
+    _write_json(root / "participants.json", {"group": {"Description": "arm", "Levels": {"a": "drug", "b": "placebo"}}})
+
+
+def participants_pseudo_age(root):
+    _participants(root, "participant_id\tage\n", lambda s: f"{s}\t89+\n")
+
+
+def participants_redefined_column(root):
+    _participants(root, "participant_id\n", lambda s: f"{s}\n")
+    _write_json(root / "participants.json", {"participant_id": {"Description": "id", "Format": "number"}})
+
+
+def participants_undefined_column(root):
+    _participants(root, "participant_id\tscore\n", lambda s: f"{s}\t3\n")
+    (root / "participants.json").unlink(missing_ok=True)
+
+
 def intended_for_missing(root):
     p = _first(root, "sub-*/*/*.json")
     d = _json(p)
@@ -191,13 +214,19 @@ MUTATIONS = {f.__name__: f for f in (
     bad_extension, wrong_datatype_folder, wrong_subject_folder, stray_root_file, stray_folder,
     orphan_sidecar, participants_missing_subject, participants_bad_header, participants_unequal_row,
     participants_duplicate_column, participants_empty_line, participants_bad_id, participants_bad_values,
-    duplicate_participant,
+    duplicate_participant, participants_age_over_maximum, participants_value_outside_levels,
     intended_for_missing, bidsignored_stray, scans_bad_filename,
+)}
+#: Mutations that only warn, with the warning each must raise (the official validator's too).
+WARNING_MUTATIONS = {f.__name__: (f, code) for f, code in (
+    (participants_pseudo_age, "TSV_PSEUDO_AGE_DEPRECATED"),
+    (participants_redefined_column, "TSV_COLUMN_TYPE_REDEFINED"),
+    (participants_undefined_column, "TSV_ADDITIONAL_COLUMNS_UNDEFINED"),
 )}
 
 
 def make_mutant(source: Path, mutation: str, dest: Path) -> Path:
     """Copy ``source`` (symlinks kept) into ``dest`` and apply one mutation."""
     shutil.copytree(source, dest, symlinks=True)
-    MUTATIONS[mutation](dest)
+    (MUTATIONS[mutation] if mutation in MUTATIONS else WARNING_MUTATIONS[mutation][0])(dest)
     return dest

@@ -36,7 +36,8 @@ def truthy(value: Any) -> bool:
     return bool(value)
 
 
-def _number(value: Any) -> float:
+def js_number(value: Any) -> float:
+    """A JSON value as a JavaScript number: booleans and numeric strings convert, other values are NaN."""
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, (int, float)):
@@ -57,7 +58,7 @@ def loose_equal(a: Any, b: Any) -> bool:
         return a is b
     if isinstance(a, str) and isinstance(b, str):
         return a == b
-    return _number(a) == _number(b)
+    return js_number(a) == js_number(b)
 
 
 def js_type(value: Any) -> str:
@@ -98,7 +99,7 @@ def _intersects(a, b):
 
 
 def _numbers(values):
-    out = [_number(v) for v in values]
+    out = [js_number(v) for v in values]
     return [v for v in out if not math.isnan(v)]
 
 
@@ -145,7 +146,7 @@ def _sorted(values, method="auto"):
     if not isinstance(values, list):
         raise EvalError("sorted() on a non-list")
     if method == "numeric":
-        return sorted(values, key=_number)
+        return sorted(values, key=js_number)
     if method == "lexical":
         return sorted(values, key=str)
     try:
@@ -193,7 +194,7 @@ def _element(obj, index):
     if obj is None:
         raise EvalError("index into null")
     if isinstance(obj, (list, str)):
-        i = _number(index)
+        i = js_number(index)
         if math.isnan(i) or i != int(i) or not 0 <= i < len(obj):
             return None
         return obj[int(i)]
@@ -206,7 +207,7 @@ def _in(key, container):
     if isinstance(container, dict):
         return str(key) in container if not isinstance(key, str) else key in container
     if isinstance(container, list):
-        i = _number(key)
+        i = js_number(key)
         return not math.isnan(i) and i == int(i) and 0 <= i < len(container)
     getter = getattr(container, "has", None)
     if getter is not None:
@@ -218,9 +219,9 @@ def _arith(op, a, b):
     if op == "+":
         if isinstance(a, str) or isinstance(b, str):
             return _js_str(a) + _js_str(b)
-        return _number(a if a is not None else math.nan) + _number(b if b is not None else math.nan)
-    x = _number(a) if a is not None else math.nan
-    y = _number(b) if b is not None else math.nan
+        return js_number(a if a is not None else math.nan) + js_number(b if b is not None else math.nan)
+    x = js_number(a) if a is not None else math.nan
+    y = js_number(b) if b is not None else math.nan
     try:
         if op == "-":
             return x - y
@@ -259,8 +260,8 @@ def _compare(op, a, b):
     if isinstance(a, str) and isinstance(b, str):
         x, y = a, b
     else:
-        x = _number(a) if a is not None else math.nan
-        y = _number(b) if b is not None else math.nan
+        x = js_number(a) if a is not None else math.nan
+        y = js_number(b) if b is not None else math.nan
         if math.isnan(x) or math.isnan(y):
             return False
     return {"<": x < y, "<=": x <= y, ">": x > y, ">=": x >= y}[op]
@@ -315,7 +316,7 @@ def _compile(node) -> Evaluator:
         if node.op == "!":
             return lambda ctx: not truthy(rh(ctx))
         if node.op == "-":
-            return lambda ctx: -_number(rh(ctx))
+            return lambda ctx: -js_number(rh(ctx))
         raise ValueError(f"unknown unary operator {node.op}")
     if isinstance(node, ast.BinOp):
         lh, rh, op = _compile(node.lh), _compile(node.rh), node.op

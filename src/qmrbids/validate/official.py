@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from qmrbids.validate.context import (DatasetContext, FileContext, LoadError, load_associations,
                                       load_gzip_header, load_nifti_header, load_sidecar, read_entities)
-from qmrbids.validate.expressions import freeze
+from qmrbids.validate import tables
+from qmrbids.validate.expressions import freeze, truthy
 from qmrbids.validate.index import File, Folder
 from qmrbids.validate.issues import Issue, make
 from qmrbids.validate.schema_rules import PreparedSchema
@@ -410,79 +411,62 @@ def eval_fields(rules: tuple, ctx: FileContext, prepared: PreparedSchema) -> Non
             done.add(name)
 
 
-def _type_ok(column: dict, value: str, prepared: PreparedSchema) -> bool:
-    if value == "n/a":
-        return True
-    if "anyOf" in column:
-        return any(_type_ok(c, value, prepared) for c in column["anyOf"])
-    if column.get("enum"):
-        return value in column["enum"]
-    if "pattern" in column:
-        return re.fullmatch(column["pattern"], value) is not None
-    formats = prepared.schema["objects"]["formats"]
-    fmt = formats.get(column.get("format") or column.get("type") or "string")
-    return fmt is None or re.fullmatch(fmt["pattern"], value) is not None
-
-
-def _definition_ok(definition: dict, value: str, prepared: PreparedSchema) -> bool:
-    if value == "n/a":
-        return True
-    if isinstance(definition.get("Levels"), dict):
-        return value in definition["Levels"]
-    fmt = definition.get("Format")
-    if fmt:
-        return _type_ok({"format": fmt} if fmt in prepared.schema["objects"]["formats"] else {}, value, prepared)
-    if "Units" in definition:
-        return _type_ok({"type": "number"}, value, prepared)
-    return True
-
-
 def eval_columns(rule, ctx: FileContext, prepared: PreparedSchema) -> None:
-    if not ctx.extension.startswith(".tsv"):
-        return
+    """A table's columns against a ``columns`` rule, as the reference validator's ``evalColumns``:
+    required columns present, extra columns allowed and defined, each column's values fitting its
+    signature (:mod:`qmrbids.validate.tables`), then the initial and index columns."""
     spec = rule.spec
+    if not ctx.extension.startswith(".tsv") or not spec.get("columns"):
+        return
     objects = prepared.schema["objects"]["columns"]
-    headers = list(ctx.columns)
     issues = ctx.ds.issues
-    for key, requirement in spec.get("columns", {}).items():
-        column = objects[key]
-        name = column.get("name")
-        if not name:
-            return
-        level = requirement if isinstance(requirement, str) else requirement.get("level")
-        if name not in headers and level == "required":
-            issues.append(make("TSV_COLUMN_MISSING", ctx.path, f"Column {name} is required.", key=name,
-                               rule_id=rule.rule_id))
-        if "definition" in column:
-            check = lambda v, d=column["definition"]: _definition_ok(d, v, prepared)  # noqa: E731
+    by_name = {objects[key]["name"]: key for key in spec["columns"]}
+    for name in dict.fromkeys([*by_name, *(h for h in ctx.columns if h not in by_name)]):
+        key = by_name.get(name)
+        definition = ctx.sidecar.get(name)
+        if key is None:
+            requirement = spec.get("additional_columns") or "n/a"
+            if requirement == "not_allowed" or not truthy(definition):
+                code = {"not_allowed": "TSV_ADDITIONAL_COLUMNS_NOT_ALLOWED",
+                        "allowed_if_defined": "TSV_ADDITIONAL_COLUMNS_MUST_DEFINE"}.get(
+                    requirement, "TSV_ADDITIONAL_COLUMNS_UNDEFINED")
+                issues.append(make(code, ctx.path, f"Column {name}.", key=name, rule_id=rule.rule_id))
+                continue
+            signature = tables.definition_signature(definition)
         else:
-            check = lambda v, c=column: _type_ok(c, v, prepared)  # noqa: E731
-        user = ctx.sidecar.get(name)
-        if isinstance(user, dict) and user and "definition" in column:
-            check = lambda v, d=user: _definition_ok(d, v, prepared)  # noqa: E731
-        if name not in headers:
-            continue
-        for row, value in enumerate(ctx.columns[name], start=2):
-            if not check(value):
-                hint = ", did you mean 'n/a'?" if re.fullmatch(r"\s*(NA|na|nan|NaN|n/a)\s*", value) else ""
-                issues.append(make("TSV_VALUE_INCORRECT_TYPE", ctx.path, f"Column {name}, row {row}: {value!r}{hint}.", key=name, row=row,
+            requirement = spec["columns"][key]
+            level = requirement if isinstance(requirement, str) else requirement.get("level")
+            if name not in ctx.columns:
+                if level == "required" and key not in (spec.get("initial_columns") or ()):
+                    issues.append(make("TSV_COLUMN_MISSING", ctx.path, f"Column {name} is required.", key=name,
+                                       rule_id=rule.rule_id))
+                continue
+            try:
+                signature = tables.column_signature(objects[key], definition)
+            except tables.Redefined as error:
+                origin = ctx.sidecar_origin if isinstance(ctx.sidecar_origin, str) else ctx.sidecar_origin.get(name, "")
+                issues.append(make("TSV_COLUMN_TYPE_REDEFINED", origin or ctx.path, f"{name}: {error}", key=name,
                                    rule_id=rule.rule_id))
-                break
-    additional = spec.get("additional_columns")
-    if spec.get("columns") and additional and additional != "n/a":
-        known = {objects[k]["name"] for k in spec["columns"]}
-        extra = [h for h in headers if h not in known]
-        if additional.startswith("allowed"):
-            extra = [h for h in extra if h not in ctx.sidecar]
-        if additional != "allowed":
-            code = {"not_allowed": "TSV_ADDITIONAL_COLUMNS_NOT_ALLOWED",
-                    "allowed_if_defined": "TSV_ADDITIONAL_COLUMNS_MUST_DEFINE"}.get(additional,
-                                                                                    "TSV_ADDITIONAL_COLUMNS_UNDEFINED")
-        else:
-            code = "TSV_ADDITIONAL_COLUMNS_UNDEFINED"
-        for col in extra:
-            issues.append(make(code, ctx.path, f"Column {col}.", key=col, rule_id=rule.rule_id))
-    if spec.get("columns") and spec.get("initial_columns"):
+                signature = tables.schema_signature(objects[key])
+        if tables.trivial(signature):
+            continue
+        accepts = tables.compile_signature(signature, prepared.schema["objects"]["formats"]).accepts
+        aged = False
+        for row, value in enumerate(ctx.columns[name], start=2):
+            if accepts(value):
+                continue
+            if name == "age" and value == "89+":
+                if not aged:
+                    aged = True
+                    issues.append(make("TSV_PSEUDO_AGE_DEPRECATED", ctx.path, f"Row {row}.", key=name, row=row,
+                                       rule_id=rule.rule_id))
+                continue
+            hint = ", did you mean 'n/a'?" if re.fullmatch(r"\s*(NA|na|nan|NaN|n/a)\s*", value) else ""
+            issues.append(make("TSV_VALUE_INCORRECT_TYPE", ctx.path, f"Column {name}, row {row}: {value!r}{hint}.",
+                               key=name, row=row, rule_id=rule.rule_id))
+            break
+    headers = list(ctx.columns)
+    if spec.get("initial_columns"):
         for index, key in enumerate(spec["initial_columns"]):
             name = objects[key]["name"]
             if name not in headers:
@@ -492,7 +476,7 @@ def eval_columns(rule, ctx: FileContext, prepared: PreparedSchema) -> None:
                 issues.append(make("TSV_COLUMN_ORDER_INCORRECT", ctx.path,
                                    f"{name} must be column {index + 1}, found at {headers.index(name) + 1}.",
                                    key=name, rule_id=rule.rule_id))
-    if spec.get("columns") and spec.get("index_columns"):
+    if spec.get("index_columns"):
         names = [objects[k]["name"] for k in spec["index_columns"]]
         for name in names:
             if name not in headers:
