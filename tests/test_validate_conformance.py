@@ -102,3 +102,11 @@ def test_table_warnings_match_official(mutation, mutants, official_verdict):
     assert code in theirs[1]
     assert {c for c in ours[1] if c.startswith("TSV_")} == {c for c in theirs[1] if c.startswith("TSV_")}
     assert ours[0] == theirs[0]
+
+
+def test_valid_citation_file_passes_as_with_the_official(mutants, official_verdict):
+    dataset = mutants("qmri_vfa", "citation_valid")
+    assert (dataset / "CITATION.cff").is_file()
+    ours, theirs = _ours(dataset), official_verdict(dataset)
+    assert ours == theirs
+    assert not {c for c in ours[1] if "CITATION" in c}

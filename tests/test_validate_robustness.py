@@ -157,3 +157,15 @@ def test_a_file_that_grew_after_indexing_is_read_whole(tmp_path):
     reader = FileReader(tmp_path)
     assert reader.json(file) == {"RepetitionTime": 2, "TaskName": "rest"}
     assert reader.read(file, 5) == b'{"Rep'
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe binary", b"a: [1,\n", b"- just a list\n",
+                                     b"a: &a [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
+                                         f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n".encode()
+                                         for p, c in zip("abcdefgh", "bcdefghi"))])
+def test_hostile_citation_files_are_issues(tmp_path, content):
+    """Undecodable, unparsable, wrongly shaped or alias-bomb CITATION.cff: an issue, quickly, never a crash."""
+    _write(tmp_path, [])
+    (tmp_path / "CITATION.cff").write_bytes(content)
+    codes = {i.code for i in validate_dataset(tmp_path).issues if i.path == "/CITATION.cff"}
+    assert codes & {"FILE_READ", "CITATION_CFF_VALIDATION_ERROR"}

@@ -191,6 +191,35 @@ def participants_undefined_column(root):
     (root / "participants.json").unlink(missing_ok=True)
 
 
+CITATION = """cff-version: 1.2.0
+message: "If you use this dataset, please cite it."
+title: "A qMRI example"
+authors:
+  - family-names: Doe
+    given-names: Jane
+date-released: "2026-01-01"
+url: "https://example.org/data"
+"""
+
+
+def citation_valid(root):
+    """A valid CITATION.cff, the authors moved there from dataset_description.json."""
+    (root / "CITATION.cff").write_text(CITATION)
+    d = _json(root / "dataset_description.json")
+    d.pop("Authors", None)
+    _write_json(root / "dataset_description.json", d)
+
+
+def citation_invalid(root):
+    citation_valid(root)
+    (root / "CITATION.cff").write_text("cff-version: 1.2.0\ntitle: x\nauthors: []\ndate-released: 2026-01-01\n")
+
+
+def citation_not_yaml(root):
+    citation_valid(root)
+    (root / "CITATION.cff").write_text("cff-version: [1.2.0\n")
+
+
 def intended_for_missing(root):
     p = _first(root, "sub-*/*/*.json")
     d = _json(p)
@@ -215,7 +244,7 @@ MUTATIONS = {f.__name__: f for f in (
     orphan_sidecar, participants_missing_subject, participants_bad_header, participants_unequal_row,
     participants_duplicate_column, participants_empty_line, participants_bad_id, participants_bad_values,
     duplicate_participant, participants_age_over_maximum, participants_value_outside_levels,
-    intended_for_missing, bidsignored_stray, scans_bad_filename,
+    intended_for_missing, bidsignored_stray, scans_bad_filename, citation_invalid, citation_not_yaml,
 )}
 #: Mutations that only warn, with the warning each must raise (the official validator's too).
 WARNING_MUTATIONS = {f.__name__: (f, code) for f, code in (
@@ -225,8 +254,12 @@ WARNING_MUTATIONS = {f.__name__: (f, code) for f, code in (
 )}
 
 
+#: Every change by name: the mutations above plus a valid variant (CITATION.cff instead of Authors).
+CHANGES = {**MUTATIONS, **{name: f for name, (f, _) in WARNING_MUTATIONS.items()}, "citation_valid": citation_valid}
+
+
 def make_mutant(source: Path, mutation: str, dest: Path) -> Path:
     """Copy ``source`` (symlinks kept) into ``dest`` and apply one mutation."""
     shutil.copytree(source, dest, symlinks=True)
-    (MUTATIONS[mutation] if mutation in MUTATIONS else WARNING_MUTATIONS[mutation][0])(dest)
+    CHANGES[mutation](dest)
     return dest

@@ -16,6 +16,7 @@ from operator import attrgetter
 from pathlib import Path
 
 from qmrbids import __version__
+from qmrbids.validate.citation import check_citation
 from qmrbids.validate.context import DatasetContext, FileContext, FileReader, LoadError
 from qmrbids.validate.index import Folder, index_dataset
 from qmrbids.validate import qmri
@@ -172,6 +173,7 @@ def validate_dataset(path: Path, options: Options | None = None, _label: str = "
     for found in _run_shards(check, *_shards(tree, options.jobs)):
         issues.extend(found)
     issues.extend(unused_sidecars(prepared, tree))
+    issues.extend(check_citation(tree, reader, prepared.schema["objects"]["formats"]))
 
     qmri_version = None
     if extension is not None:
