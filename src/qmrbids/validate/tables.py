@@ -96,11 +96,12 @@ def refine(base: Signature, override: Signature) -> Signature:
 
 
 def column_signature(column: dict, definition) -> Signature:
-    """The signature of a schema column given the sidecar's definition of it (or None); may raise Redefined."""
+    """The signature of a schema column given the sidecar's definition of it (None: none; a falsy one,
+    as in JavaScript, narrows nothing); may raise Redefined."""
     if "definition" in column:
         return definition_signature(column["definition"] if definition is None else definition)
     base = schema_signature(column)
-    return base if definition is None else refine(base, definition_signature(definition))
+    return refine(base, definition_signature(definition)) if truthy(definition) else base
 
 
 def trivial(signature: Signature) -> bool:
