@@ -10,7 +10,7 @@ digital phantom (dcm2niix fields plus provenance, ~45 keys), with each subject's
 conversion time made unique as in a real study; ``minimal`` sidecars hold only the 2-7 fields
 the fits need. Prints medians of wall time, CPU time and peak memory (proportional set size
 summed over the validator's processes, sampled every 20 ms), and the speed-up over the official
-validator measured in the same run.
+validator measured in the same run, the validators' runs taken in turns.
 """
 
 from __future__ import annotations
@@ -140,9 +140,18 @@ def _run(command: list[str]) -> tuple[float, float, float]:
     return wall, usage.ru_utime + usage.ru_stime, max(peak[0], 0.0)
 
 
-def _median(command: list[str], repeats: int) -> tuple[float, float, float]:
-    runs = [_run(command) for _ in range(repeats)]
-    return tuple(statistics.median(r[i] for r in runs) for i in range(3))
+def _interleaved_medians(commands: dict[str, tuple[list[str], int]]) -> list[tuple[str, float, float, float]]:
+    """(name, wall, cpu, peak) medians of each command run its number of times, the runs taken in turns.
+
+    Turns put every command through the same spells of a shared machine's speed, so their ratio
+    holds even when the machine's speed drifts during the benchmark.
+    """
+    runs: dict[str, list] = {name: [] for name in commands}
+    for turn in range(max(count for _, count in commands.values())):
+        for name, (command, count) in commands.items():
+            if turn < count:
+                runs[name].append(_run(command))
+    return [(name, *(statistics.median(r[i] for r in results) for i in range(3))) for name, results in runs.items()]
 
 
 def main() -> int:
@@ -162,17 +171,17 @@ def main() -> int:
         files = write_dataset(dataset, args.subjects, sidecars)
         config = work / "config.json"
         atomic_write_text(config, json.dumps({"ignore": [{"code": "EMPTY_FILE"}]}))
-        rows = []
         ours = [sys.executable, "-m", "qmrbids", "validate", str(dataset), "--config", str(config),
                 "--ignore-nifti-headers", "--format", "json", "--jobs", str(args.jobs)]
-        rows.append(("qmrbids validate (qMRI rules)", *_median([*ours, "-o", str(work / "ours.json")], args.repeats)))
-        rows.append(("qmrbids validate --strict-official", *_median(
-            [*ours, "-o", str(work / "strict.json"), "--strict-official"], args.repeats)))
+        commands = {"qmrbids validate (qMRI rules)": ([*ours, "-o", str(work / "ours.json")], args.repeats),
+                    "qmrbids validate --strict-official": (
+                        [*ours, "-o", str(work / "strict.json"), "--strict-official"], args.repeats)}
         if official:
             schema = Path(bidsschematools.data.__file__).parent / "schema.json"
-            rows.append(("bids-validator-deno", *_median(
+            commands["bids-validator-deno"] = (
                 [official, str(dataset), "--ignoreNiftiHeaders", "--config", str(config), "--schema", schema.as_uri(),
-                 "--json", "--max-rows", "-1"], args.official_repeats)))
+                 "--json", "--max-rows", "-1"], args.official_repeats)
+        rows = _interleaved_medians(commands)
         report = json.loads((work / "ours.json").read_text())
         print(f"dataset: {args.subjects} subjects, {files} files, {args.sidecars} sidecars; qmrbids found "
               f"{report['summary']['error']} errors, {report['summary']['warning']} warnings")
