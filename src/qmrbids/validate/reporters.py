@@ -26,12 +26,8 @@ SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 
 def _ordered(report: Report) -> list[Issue]:
     """Errors, warnings, infos (then any other level), each by code, dataset and path; stable."""
-    by_level: dict[str, list[Issue]] = {"error": [], "warning": [], "info": []}
-    other: list[Issue] = []
-    for issue in report.all_issues():
-        by_level.get(issue.level, other).append(issue)
-    key = attrgetter("code", "dataset", "path")
-    return [issue for group in (*by_level.values(), other) for issue in sorted(group, key=key)]
+    rank = {"error": 0, "warning": 1, "info": 2}
+    return sorted(report.all_issues(), key=lambda i: (rank.get(i.level, 3), i.code, i.dataset, i.path))
 
 
 @no_cycle_collection()
