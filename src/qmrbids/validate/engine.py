@@ -169,9 +169,11 @@ def validate_dataset(path: Path, options: Options | None = None, _label: str = "
     if not options.strict_official:
         extension = qmri.load_extension(options.schema_version or qmri.declared_version(description))
     check = _FileChecks(ds, prepared, extension, dataset_type, options.read_nifti_headers,
-                        skip_derivatives=description["DatasetType"] == "raw")
-    for found in _run_shards(check, *_shards(tree, options.jobs)):
-        issues.extend(found)
+                        skip_derivatives=description["DatasetType"] == "raw", options=options)
+    in_folders: list[Issue] = []
+    for found, at_root in _run_shards(check, *_shards(tree, options.jobs)):
+        in_folders.extend(found)
+        issues.extend(at_root)
     issues.extend(unused_sidecars(prepared, tree))
     issues.extend(check_citation(tree, reader, prepared.schema["objects"]["formats"]))
 
@@ -180,7 +182,9 @@ def validate_dataset(path: Path, options: Options | None = None, _label: str = "
         qmri_version = extension.version
         issues.extend(qmri.apply_derivatives(extension, derivatives, root))
 
-    unique = list(dict.fromkeys(_apply_config(issues, options)))  # drop repeated issues, keep order
+    # Shards come settled (configured, each issue once); only root-level paths, which any shard
+    # may report (an inherited root sidecar), can repeat across shards and dataset-level checks.
+    unique = [*dict.fromkeys(_apply_config(issues, options)), *in_folders]
     report = Report(_label, unique, prepared.bids_version,
                     prepared.schema_version, qmri_version, index.file_count)
     if options.recursive:
@@ -203,6 +207,7 @@ class _FileChecks:
     dataset_type: str
     read_nifti_headers: bool
     skip_derivatives: bool
+    options: Options
 
     def contexts(self, shard: list[str]) -> Iterator[FileContext]:
         """The contexts of a shard's top-level entries ("" for the root's files), in dataset order."""
@@ -214,8 +219,15 @@ class _FileChecks:
                 if not ctx.file.ignored and not (self.skip_derivatives and "derivatives" in ctx.path):
                     yield ctx
 
-    def __call__(self, shard: list[str]) -> list[Issue]:
-        """Issues of a shard's files, holding only the current folder's contents in memory."""
+    def __call__(self, shard: list[str]) -> tuple[list[Issue], list[Issue]]:
+        """Issues of a shard's files, configured and each once: those inside its top-level folders,
+        and those at root-level paths. Holds only the current folder's contents in memory."""
+        inside, at_root = [], []
+        for issue in dict.fromkeys(_apply_config(self._check(shard), self.options)):
+            (at_root if issue.path.find("/", 1) == -1 else inside).append(issue)
+        return inside, at_root
+
+    def _check(self, shard: list[str]) -> list[Issue]:
         ds, prepared, extension = self.ds, self.prepared, self.extension
         start = len(ds.issues)
         collections: list[Issue] = []
@@ -304,8 +316,9 @@ SHARDS_PER_PROCESS = 8
 _WORK: tuple | None = None   # (checks, shards) inherited by forked workers
 
 
-def _run_shards(check: _FileChecks, processes: int, shards: list[list[str]]) -> list[list[Issue]]:
-    """Issues of each shard, in shard order, checked by this process and forked ones together.
+def _run_shards(check: _FileChecks, processes: int, shards: list[list[str]]) -> list[tuple[list[Issue], list[Issue]]]:
+    """Each shard's settled issues (see :meth:`_FileChecks.__call__`), in shard order, checked by
+    this process and forked ones together.
 
     Every shard is queued for ``processes - 1`` forked workers, which take them from the front;
     this process takes them from the back (cancelling the queued task) until the two meet.
@@ -316,7 +329,7 @@ def _run_shards(check: _FileChecks, processes: int, shards: list[list[str]]) -> 
     if processes == 1:
         return [check(shard) for shard in shards]
     _WORK = (check, shards)
-    results: list[list[Issue]] = []
+    results: list[tuple[list[Issue], list[Issue]]] = []
     viewed: set[str] = set()
     try:
         with ProcessPoolExecutor(processes - 1, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -330,8 +343,8 @@ def _run_shards(check: _FileChecks, processes: int, shards: list[list[str]]) -> 
                 if n in here:
                     results.append(here[n])
                     continue
-                found, seen = future.result()
-                results.append([Issue._make(i) for i in found])
+                inside, at_root, seen = future.result()
+                results.append(([Issue._make(i) for i in inside], [Issue._make(i) for i in at_root]))
                 viewed.update(seen)
     finally:
         _WORK = None
@@ -341,9 +354,9 @@ def _run_shards(check: _FileChecks, processes: int, shards: list[list[str]]) -> 
     return results
 
 
-def _check_shard(number: int) -> tuple[list[tuple], list[str]]:
+def _check_shard(number: int) -> tuple[list[tuple], list[tuple], list[str]]:
     check, shards = _WORK
     tree = check.ds.tree
-    found = check(shards[number])
+    inside, at_root = check(shards[number])
     files = [*tree.files.values(), *(f for name in shards[number] if name for f in tree.folders[name].walk_files())]
-    return [tuple(i) for i in found], [f.path for f in files if f.viewed]
+    return [tuple(i) for i in inside], [tuple(i) for i in at_root], [f.path for f in files if f.viewed]
