@@ -168,8 +168,8 @@ def validate_dataset(path: Path, options: Options | None = None, _label: str = "
     extension = None
     if not options.strict_official:
         extension = qmri.load_extension(options.schema_version or qmri.declared_version(description))
-    check = _FileChecks(ds, prepared, extension, dataset_type, options.read_nifti_headers,
-                        skip_derivatives=description["DatasetType"] == "raw", options=options)
+    check = _FileChecks(ds, prepared, extension, dataset_type, skip_derivatives=description["DatasetType"] == "raw",
+                        options=options)
     in_folders: list[Issue] = []
     for found, at_root in _run_shards(check, *_shards(tree, options.jobs)):
         in_folders.extend(found)
@@ -205,7 +205,6 @@ class _FileChecks:
     prepared: object
     extension: object
     dataset_type: str
-    read_nifti_headers: bool
     skip_derivatives: bool
     options: Options
 
@@ -242,7 +241,7 @@ class _FileChecks:
             if ctx.size == 0 and not ctx.directory:
                 ds.issues.append(make("EMPTY_FILE", ctx.path))
             if not ctx.directory:  # contents load before the name is judged, as upstream does
-                load_context(ctx, prepared, self.read_nifti_headers)
+                load_context(ctx, prepared, self.options.read_nifti_headers)
             check_filename(ctx, prepared, self.dataset_type)
             if ctx.directory:
                 continue
