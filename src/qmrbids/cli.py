@@ -591,7 +591,6 @@ def run() -> None:
     sys.exit(code)
 
 
-
 # ---------------------------------------------------------------- qmrbids validate
 
 class ReportFormat(str, Enum):

@@ -225,6 +225,11 @@ class FileContext:
         self.sidecar_origin = self.associations = self.columns = self.json = {}
         self.nifti_header = self.gzip = self.subject = None
 
+    def origin_of(self, key: str) -> str:
+        """The path of the sidecar this file's ``key`` was inherited from ("" if none gave it)."""
+        origin = self.sidecar_origin
+        return origin if isinstance(origin, str) else origin.get(key, "")
+
     def lookup(self, name: str):
         getter = _GETTERS.get(name)
         return getter(self) if getter is not None else None
@@ -370,7 +375,7 @@ def load_associations(ctx: FileContext, prepared) -> None:
                     for col in ("type", "short_channel", "sampling_frequency"):
                         value[col] = columns.get(col)
             elif name in ("bval", "bvec"):
-                rows = [r.split() for r in reader.abspath(found).read_text("utf-8", "replace").strip().split("\n")]
+                rows = [r.split() for r in reader.read(found).decode("utf-8", "replace").strip().split("\n")]
                 rows = [r for r in rows if r] or [[]]
                 value.update(n_cols=len(rows[0]), n_rows=len(rows))
                 if name == "bval":
@@ -385,12 +390,20 @@ def load_gzip_header(ctx: FileContext) -> None:
     (RFC 1952; the standard library reads but does not expose the name and comment)."""
     if not ctx.extension.endswith(".gz") or ctx.size == 0:
         return
-    try:
-        head = ctx.ds.reader.read(ctx.file, GZIP_HEADER_BYTES)
-    except OSError:
-        return
+    for limit in (1024, GZIP_HEADER_BYTES):   # the usual header first; a long name or comment needs more
+        try:
+            head = ctx.ds.reader.read(ctx.file, limit)
+        except OSError:
+            return
+        ctx.gzip = _gzip_header(head)
+        if ctx.gzip is not None or len(head) < limit:
+            return
+
+
+def _gzip_header(head: bytes) -> dict | None:
+    """The header fields, or None if ``head`` is no gzip header or ends inside one."""
     if len(head) < 10 or head[:3] != b"\x1f\x8b\x08":
-        return
+        return None
     flags = head[3]
     header: dict = {"timestamp": int.from_bytes(head[4:8], "little")}
     at = 10
@@ -400,10 +413,10 @@ def load_gzip_header(ctx: FileContext) -> None:
         if flags & bit:
             end = head.find(b"\0", at)
             if end == -1:
-                return
+                return None
             header[name] = head[at:end].decode("latin-1")
             at = end + 1
-    ctx.gzip = header
+    return header
 
 
 GZIP_HEADER_BYTES = 65536   # name and comment fields longer than this are not read

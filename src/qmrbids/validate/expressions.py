@@ -524,6 +524,17 @@ def freeze(value):
     return ("o", id(value))
 
 
+def values_key(values: tuple) -> tuple:
+    """A hashable key for JSON values that keeps 1, 1.0 and true apart (their Python classes do);
+    only lists and objects among them are frozen."""
+    types = tuple(map(type, values))
+    try:
+        hash(values)
+        return values, types
+    except TypeError:
+        return tuple([freeze(v) if type(v) is list or type(v) is dict else v for v in values]), types
+
+
 def _accessors(node, out: set) -> None:
     if isinstance(node, (int, float)):
         return
@@ -604,13 +615,7 @@ def key_function(reads: tuple):
             value = get(ctx)
             if isinstance(value, dict):
                 if fields:
-                    values = tuple(map(value.get, fields))
-                    try:
-                        hash(values)
-                        out.append(values)
-                        out.append(tuple(map(type, values)))   # keeps 1, 1.0 and true apart
-                    except TypeError:                           # lists or objects among the values
-                        out.append(tuple(map(freeze, values)))
+                    out.append(values_key(tuple(map(value.get, fields))))
                 if present:
                     out.append(tuple(map(value.__contains__, present)))
                 if typed:   # the Python class decides the JavaScript type

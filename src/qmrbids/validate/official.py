@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from qmrbids.validate.context import (DatasetContext, FileContext, LoadError, load_associations,
                                       load_gzip_header, load_nifti_header, load_sidecar, read_entities)
 from qmrbids.validate import tables
-from qmrbids.validate.expressions import freeze, truthy
+from qmrbids.validate.expressions import freeze, truthy, values_key
 from qmrbids.validate.index import File, Folder
 from qmrbids.validate.issues import Issue, make
 from qmrbids.validate.schema_rules import PreparedSchema
@@ -382,23 +382,17 @@ def eval_fields(rules: tuple, ctx: FileContext, prepared: PreparedSchema) -> Non
         if len(group.checks) < 4096:
             group.checks[present] = checks
     values = tuple(map(data.__getitem__, [name for _, name, _ in checks]))
-    try:
-        key = (present, values, tuple(map(type, values)))   # the classes keep 1, 1.0 and true apart
-        errors = group.errors.get(key)
-    except TypeError:                                       # lists or objects among the values
-        key = (present, tuple([freeze(v) if type(v) is list or type(v) is dict else v for v in values]),
-               tuple(map(type, values)))
-        errors = group.errors.get(key)
+    key = (present, values_key(values))
+    errors = group.errors.get(key)
     if errors is None:
         errors = [(n, found) for n, ((schema_key, _, _), value) in enumerate(zip(checks, values))
                   if (found := prepared.metadata_errors(schema_key, value))]
         if len(group.errors) < 4096:
             group.errors[key] = errors
     validated = ctx.ds.validated_keys   # sidecar path -> names whose errors were reported there
-    origin = ctx.sidecar_origin
     for n, messages in errors:
         schema_key, name, rule_id = checks[n]
-        location = (origin if isinstance(origin, str) else origin.get(name, "")) if group.sidecar else path
+        location = ctx.origin_of(name) if group.sidecar else path
         done = validated.get(location) if group.sidecar and location else None
         if done is not None and name in done:
             continue
@@ -444,8 +438,7 @@ def eval_columns(rule, ctx: FileContext, prepared: PreparedSchema) -> None:
             try:
                 signature = tables.column_signature(objects[key], definition)
             except tables.Redefined as error:
-                origin = ctx.sidecar_origin if isinstance(ctx.sidecar_origin, str) else ctx.sidecar_origin.get(name, "")
-                issues.append(make("TSV_COLUMN_TYPE_REDEFINED", origin or ctx.path, f"{name}: {error}", key=name,
+                issues.append(make("TSV_COLUMN_TYPE_REDEFINED", ctx.origin_of(name) or ctx.path, f"{name}: {error}", key=name,
                                    rule_id=rule.rule_id))
                 signature = tables.schema_signature(objects[key])
         if tables.trivial(signature):
